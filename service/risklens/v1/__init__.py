@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC stubs for the risklens.v1 API (built from protos/ by setup.py)."""
