@@ -68,3 +68,9 @@ class AuditStorageFull(RiskLensError):
 
 class ReceiptNotFound(RiskLensError):
     code = "NOT_FOUND"
+
+
+class DuplicateReceipt(RiskLensError):
+    """A receipt id is already in the audit trail (ids are never reused)."""
+
+    code = "ALREADY_EXISTS"
