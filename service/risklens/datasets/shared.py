@@ -6,7 +6,6 @@ target Series where 1 is the risky class (fraud, bad credit).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from risklens.errors import RiskLensError
+from risklens.registry.hashing import file_sha256
 
 
 class DatasetIntegrityError(RiskLensError):
@@ -103,14 +103,6 @@ def shared_data_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[3].parent / "shared" / "data"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_shared(name: str, data_dir: Path | None = None) -> tuple[pd.DataFrame, pd.Series]:

@@ -1,0 +1,98 @@
+"""Per-model reason-code catalogue (``reason_codes.yaml`` in the model directory) and code selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from risklens.errors import ManifestError
+from risklens.registry import LoadedModel, Manifest
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+class CodeSpec(BaseModel):
+    """One reason code: the features it groups and the reviewer text for each direction (Jinja2)."""
+
+    code: str
+    features: list[str] = Field(min_length=1)
+    raises: str
+    lowers: str
+
+
+class Catalogue(BaseModel):
+    codes: list[CodeSpec] = Field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path, manifest: Manifest) -> "Catalogue":
+        try:
+            catalogue = cls.model_validate(yaml.safe_load(path.read_text()) or {})
+        except (OSError, ValidationError, yaml.YAMLError) as exc:
+            raise ManifestError(f"invalid reason-code catalogue {path}: {exc}") from exc
+        known = set(manifest.feature_names)
+        for spec in catalogue.codes:
+            unknown = [f for f in spec.features if f not in known]
+            if unknown:
+                raise ManifestError(f"reason code {spec.code} in {path} names unknown features {unknown}")
+        return catalogue.completed(manifest)
+
+    def completed(self, manifest: Manifest) -> "Catalogue":
+        """Every feature not grouped by a code gets a generic one, so no contribution goes unexplained."""
+        covered = {f for spec in self.codes for f in spec.features}
+        generic = [
+            CodeSpec(code=f"RL_{spec.name.upper()}", features=[spec.name],
+                     raises=f"{spec.display_name} ({{{{ {spec.name} }}}}) raised the risk",
+                     lowers=f"{spec.display_name} ({{{{ {spec.name} }}}}) lowered the risk")
+            for spec in manifest.features if spec.name not in covered
+        ]
+        return Catalogue(codes=[*self.codes, *generic])
+
+
+@dataclass(frozen=True)
+class ReasonCode:
+    code: str
+    text: str
+    direction: str  # "raises" | "lowers"
+    weight: float
+    features: tuple[str, ...]
+
+
+def format_value(value: Any) -> str:
+    """A claim value in reviewer-friendly words (never used in logs)."""
+    if value is None:
+        return "missing"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:,.2f}"
+    return str(value)
+
+
+def select_reason_codes(catalogue: Catalogue, manifest: Manifest, claim: dict[str, Any],
+                        shap_values: np.ndarray, top_k: int) -> list[ReasonCode]:
+    """Top ``top_k`` codes that raise the risk (largest first), then the top ``top_k`` that lower it."""
+    index = {name: i for i, name in enumerate(manifest.feature_names)}
+    shown = {name: format_value(value) for name, value in claim.items()}
+    weighted = []
+    for spec in catalogue.codes:
+        weight = float(sum(shap_values[index[f]] for f in spec.features))
+        weighted.append((weight, spec))
+    raising = sorted((w for w in weighted if w[0] > 0), key=lambda w: -w[0])[:top_k]
+    lowering = sorted((w for w in weighted if w[0] < 0), key=lambda w: w[0])[:top_k]
+    codes = []
+    for direction, chosen in (("raises", raising), ("lowers", lowering)):
+        for weight, spec in chosen:
+            template = spec.raises if direction == "raises" else spec.lowers
+            text = _ENV.from_string(template).render(**shown)
+            codes.append(ReasonCode(spec.code, text, direction, weight, tuple(spec.features)))
+    return codes
+
+
+def load_catalogue(model: LoadedModel) -> Catalogue:
+    return Catalogue.read(model.directory / model.manifest.reason_codes, model.manifest)
