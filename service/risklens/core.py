@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,13 @@ class Explanation:
     lime_samples: int
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     method_results: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def response(self) -> Any:
+        """The risklens.v1 ExplainResponse: exactly what callers receive and the audit trail records."""
+        from risklens.wire import explanation_to_proto
+
+        return explanation_to_proto(self)
 
 
 def seed_from_receipt(receipt_id: str) -> int:
@@ -231,11 +238,11 @@ class ExplainService:
         if self.audit is None:
             return
         from risklens.audit import AuditEntry, RedactionPolicy
-        from risklens.wire import explanation_to_proto, model_ref
+        from risklens.wire import model_ref
 
         entries = [
             AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=model_ref(e.model),
-                       input=dict(e.claim), explanation=explanation_to_proto(e),
+                       input=dict(e.claim), explanation=e.response,
                        policy=RedactionPolicy.from_manifest(e.model.manifest.audit))
             for e in explanations
         ]
