@@ -1,0 +1,6 @@
+"""Exact TreeSHAP engine: one normalized tree representation, numba CPU kernels, NumPy/CuPy array path."""
+
+from risklens.trees._ensemble import TreeEnsemble, normalize_model
+from risklens.trees._explainer import TreeShap
+
+__all__ = ["TreeEnsemble", "TreeShap", "normalize_model"]
