@@ -1,0 +1,78 @@
+"""Model directories: integrity checks, versions, schema validation messages."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from risklens.errors import ArtifactIntegrityError, ManifestError, ModelNotFound, SchemaError
+from risklens.registry import ModelRegistry, load_model_dir, validate_claim
+from risklens.registry.manifest import Manifest
+
+
+@pytest.fixture()
+def xgb_copy(tmp_path: Path, demo_models_dir: Path) -> Path:
+    return Path(shutil.copytree(demo_models_dir / "demo-xgb", tmp_path / "demo-xgb"))
+
+
+def test_refuses_artifact_whose_sha256_differs(xgb_copy: Path):
+    artifact = xgb_copy / "model.json"
+    artifact.write_bytes(artifact.read_bytes().replace(b'"base_score"', b'"base_score" ', 1))
+    with pytest.raises(ArtifactIntegrityError, match="sha256") as info:
+        load_model_dir(xgb_copy)
+    assert info.value.code == "FAILED_PRECONDITION"
+
+
+def test_refuses_missing_artifact_and_bad_manifest(xgb_copy: Path):
+    (xgb_copy / "model.json").unlink()
+    with pytest.raises(ArtifactIntegrityError, match="missing"):
+        load_model_dir(xgb_copy)
+    (xgb_copy / "manifest.yaml").write_text("name: x\nframework: tensorflow\n")
+    with pytest.raises(ManifestError, match="invalid manifest"):
+        load_model_dir(xgb_copy)
+
+
+def test_xgboost_ubj_artifact_loads(xgb_copy: Path):
+    from risklens.registry import file_sha256
+
+    model = load_model_dir(xgb_copy)
+    model.artifact.save_model(str(xgb_copy / "model.ubj"))
+    manifest = Manifest.read(xgb_copy).model_copy(update={"artifact": "model.ubj",
+                                                           "sha256": file_sha256(xgb_copy / "model.ubj")})
+    manifest.write(xgb_copy)
+    reloaded = load_model_dir(xgb_copy)
+    frame = model.background.head(20)
+    assert (reloaded.raw_output(frame) == model.raw_output(frame)).all()
+
+
+def test_registry_versions(tmp_path: Path, demo_models_dir: Path):
+    for version in ("1.2.0", "1.10.0"):
+        target = Path(shutil.copytree(demo_models_dir / "demo-xgb", tmp_path / f"v{version}"))
+        manifest = Manifest.read(target).model_copy(update={"version": version})
+        manifest.write(target)
+    registry = ModelRegistry.from_directory(tmp_path)
+    assert registry.get("demo-xgb").version == "1.10.0"  # numeric, not lexicographic
+    assert registry.get("demo-xgb", "1.2.0").version == "1.2.0"
+    with pytest.raises(ModelNotFound) as info:
+        registry.get("demo-xgb", "3.0")
+    assert info.value.field == "version"
+
+
+def test_validation_messages_name_the_field(demo_models_dir: Path):
+    manifest = load_model_dir(demo_models_dir / "demo-xgb").manifest
+    claim = {f.name: (f.categories[0] if f.type == "categorical" else False if f.type == "boolean"
+                      else max(f.min or 0.0, 1.0)) for f in manifest.features}
+    assert validate_claim(manifest, claim)["claim_amount"] == 1.0
+    cases = {
+        "vehicle_price_band": ("cheap", "outside the schema"),
+        "past_claims": (True, "must be a number"),
+        "accident_area": (None, "null"),
+        "police_report_filed": ("yes", "must be a boolean"),
+    }
+    for field, (value, fragment) in cases.items():
+        with pytest.raises(SchemaError) as info:
+            validate_claim(manifest, {**claim, field: value})
+        assert info.value.field == field
+        assert fragment in info.value.message and field in info.value.message
