@@ -440,8 +440,8 @@ def _from_sklearn_hist_gradient_boosting(model: Any) -> TreeEnsemble:
             bits = np.unpackbits(words.astype("<u4").view(np.uint8), bitorder="little")
             categories[int(i)] = np.flatnonzero(bits).astype(np.float64)
         trees.append(TreeTable(
-            left=np.where(is_leaf, -1, nodes["left"]).astype(np.int64),
-            right=np.where(is_leaf, -1, nodes["right"]).astype(np.int64),
+            left=np.where(is_leaf, -1, nodes["left"].astype(np.int64)),
+            right=np.where(is_leaf, -1, nodes["right"].astype(np.int64)),
             feature=nodes["feature_idx"].astype(np.int64),
             threshold=nodes["num_threshold"].astype(np.float64),
             kind=np.where(is_cat, KIND_CAT, KIND_LE).astype(np.int8),

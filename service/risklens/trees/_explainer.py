@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,10 @@ def _gpu_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - any import/driver failure means "no usable GPU"
         return False
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", str(name))
 
 
 def _host_free_bytes() -> int:
@@ -139,10 +144,12 @@ class TreeShap:
         ens = self.ensemble
         names = ens.feature_names
         if names is not None and all(isinstance(c, str) for c in frame.columns):
-            missing = [c for c in names if c not in frame.columns]
+            # LightGBM stores names with spaces and JSON-special characters replaced by "_"
+            by_key = {_name_key(c): c for c in frame.columns}
+            missing = [c for c in names if c not in frame.columns and _name_key(c) not in by_key]
             if missing:
                 raise SchemaError(f"{name} lacks the model's column(s) {missing[:5]}", field=missing[0])
-            frame = frame[names]
+            frame = frame[[c if c in frame.columns else by_key[_name_key(c)] for c in names]]
         columns = []
         ordered = iter(ens.ordered_categories)
         for col in frame.columns:
