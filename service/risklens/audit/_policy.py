@@ -1,0 +1,138 @@
+"""Per-model redaction and retention policy (a model manifest's ``audit`` section)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Literal
+
+from risklens.errors import ManifestError
+from risklens.v1 import risklens_pb2
+
+from ._canonical import canonical_json, message_dict
+
+Action = Literal["raw", "hmac", "drop"]
+ACTIONS: tuple[str, ...] = ("raw", "hmac", "drop")
+HMAC_KEY_ENV = "RISKLENS_AUDIT_HMAC_KEY"
+HMAC_PREFIX = "hmac-sha256:"
+
+
+@dataclass(frozen=True)
+class RedactionPolicy:
+    """What the audit trail keeps of each input field, and for how long.
+
+    ``fields`` maps a feature name to ``raw`` (stored as given), ``hmac`` (stored as a keyed
+    HMAC-SHA256, so equal values stay linkable without being readable) or ``drop`` (not stored;
+    the name is listed in ``dropped_fields``). ``default`` applies to every other field.
+    ``retention_days`` (None: keep forever) sets when ``purge`` may remove a record's body.
+    """
+
+    fields: Mapping[str, Action] = field(default_factory=lambda: MappingProxyType({}))
+    default: Action = "raw"
+    retention_days: int | None = None
+    hmac_key: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_manifest(cls, audit_section: Mapping[str, Any] | None, *,
+                      hmac_key: bytes | str | None = None) -> RedactionPolicy:
+        """Build from a manifest's ``audit`` dict (None: store everything raw, keep forever).
+
+        The HMAC key comes from ``hmac_key`` or the ``RISKLENS_AUDIT_HMAC_KEY`` environment
+        variable; a policy that hashes fields without a key is refused here, at model load,
+        rather than failing every request later.
+        """
+        section = dict(audit_section or {})
+        unknown = set(section) - {"fields", "default", "retention_days"}
+        if unknown:
+            raise ManifestError(f"audit policy has unknown keys {sorted(unknown)}; expected "
+                                f"fields, default, retention_days", field="audit")
+        fields = dict(section.get("fields") or {})
+        default = section.get("default", "raw")
+        for name, action in [*fields.items(), ("default", default)]:
+            if action not in ACTIONS:
+                raise ManifestError(f"audit policy for {name!r} is {action!r}; expected one of "
+                                    f"{', '.join(ACTIONS)}", field=f"audit.fields.{name}")
+        retention = section.get("retention_days")
+        if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int)
+                                      or retention < 1):
+            raise ManifestError(f"audit retention_days must be a positive integer, got {retention!r}",
+                                field="audit.retention_days")
+        key = hmac_key if hmac_key is not None else os.environ.get(HMAC_KEY_ENV)
+        key_bytes = key.encode("utf-8") if isinstance(key, str) else key
+        policy = cls(fields=MappingProxyType(fields), default=default, retention_days=retention,
+                     hmac_key=key_bytes or None)
+        if policy.hashes_fields and not policy.hmac_key:
+            raise ManifestError(f"the audit policy stores fields as HMAC but {HMAC_KEY_ENV} is not set",
+                                field="audit")
+        return policy
+
+    @property
+    def hashes_fields(self) -> bool:
+        return self.default == "hmac" or "hmac" in self.fields.values()
+
+    def action(self, feature: str) -> Action:
+        return self.fields.get(feature, self.default)
+
+    def keyed_hash(self, value: risklens_pb2.Value) -> risklens_pb2.Value:
+        if not self.hmac_key:
+            raise ManifestError(f"the audit policy stores fields as HMAC but {HMAC_KEY_ENV} is not set",
+                                field="audit")
+        digest = hmac.new(self.hmac_key, canonical_json(message_dict(value)), hashlib.sha256)
+        return risklens_pb2.Value(text=HMAC_PREFIX + digest.hexdigest())
+
+    def redact_input(self, values: Mapping[str, risklens_pb2.Value]
+                     ) -> tuple[dict[str, risklens_pb2.Value], list[str]]:
+        """The input as stored, and the sorted names of the dropped fields."""
+        stored: dict[str, risklens_pb2.Value] = {}
+        dropped: list[str] = []
+        for name, value in values.items():
+            action = self.action(name)
+            if action == "raw":
+                stored[name] = value
+            elif action == "hmac":
+                stored[name] = self.keyed_hash(value)
+            else:
+                dropped.append(name)
+        return stored, sorted(dropped)
+
+    def redact_explanation(self, explanation: risklens_pb2.ExplainResponse) -> risklens_pb2.ExplainResponse:
+        """A copy whose echoed claim values follow the policy (the caller's copy is untouched).
+
+        Contributions and ICE curves repeat the claim's own value of a feature; a policy that
+        hashes or drops the field must apply there too, or the redaction would be cosmetic.
+        """
+        if self.default == "raw" and all(action == "raw" for action in self.fields.values()):
+            return explanation
+        stored = risklens_pb2.ExplainResponse()
+        stored.CopyFrom(explanation)
+        holders = [*stored.contributions, *stored.ice.features]
+        for holder in holders:
+            action = self.action(holder.feature)
+            if action == "hmac" and holder.HasField("value"):
+                holder.value.CopyFrom(self.keyed_hash(holder.value))
+            elif action == "drop":
+                holder.ClearField("value")
+        return stored
+
+    def retain_until(self, created_at: datetime) -> datetime | None:
+        return None if self.retention_days is None else created_at + timedelta(days=self.retention_days)
+
+
+RAW_POLICY = RedactionPolicy()
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One explanation to record: exactly what was returned to the caller, and the claim behind it."""
+
+    receipt_id: str
+    created_at: datetime
+    model: risklens_pb2.ModelRef
+    input: Mapping[str, Any]
+    explanation: risklens_pb2.ExplainResponse
+    policy: RedactionPolicy = RAW_POLICY

@@ -1,0 +1,541 @@
+"""The durable audit store: one hash chain in SQLite (embedded) or PostgreSQL (shared by replicas).
+
+Every ``record`` call is one transaction that reads the chain head under a write lock (SQLite
+``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE`` on the head row), appends the records
+and moves the head. Any number of threads, store objects or processes on one database therefore
+extend a single chain, and a failed call leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceipt, InvalidRequest,
+                             ManifestError, ReceiptNotFound, RiskLensError)
+from risklens.v1 import risklens_pb2
+
+from ._canonical import SCHEMA_VERSION, body_sha256, format_time, input_sha256, record_hash, to_value_map
+from ._policy import AuditEntry
+from ._signing import SIGNING_KEY_ENV, load_signing_key, sign_checkpoint
+from ._verify import ChainVerifier, VerifyReport
+
+log = logging.getLogger(__name__)
+
+_HEADER_COLUMNS = ("sequence, receipt_id, created_at, model_name, model_version, model_sha256, "
+                   "model_framework, input_sha256, body_sha256, prev_hash, record_hash, purged")
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        sequence BIGINT NOT NULL,
+        head_hash TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit_records (
+        sequence BIGINT PRIMARY KEY,
+        receipt_id TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        model_framework TEXT NOT NULL,
+        input_sha256 TEXT NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        record_hash TEXT NOT NULL,
+        purged INTEGER NOT NULL DEFAULT 0,
+        retain_until TEXT,
+        body {blob})""",
+    """CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (created_at)""",
+    """CREATE INDEX IF NOT EXISTS audit_records_retention ON audit_records (retain_until)""",
+    """CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        sequence BIGINT NOT NULL,
+        head_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        public_key TEXT NOT NULL)""",
+]
+_READ_CHUNK = 1000
+
+
+def _prepare(entry: AuditEntry) -> tuple[risklens_pb2.Receipt, bytes, str | None]:
+    """Everything about a record that does not depend on its chain position (done outside the lock)."""
+    values = to_value_map(entry.input)
+    stored_input, dropped = entry.policy.redact_input(values)
+    body = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
+    body.explanation.CopyFrom(entry.policy.redact_explanation(entry.explanation))
+    receipt = risklens_pb2.Receipt(receipt_id=entry.receipt_id, created_at=format_time(entry.created_at),
+                                   model=entry.model, input_sha256=input_sha256(values),
+                                   body_sha256=body_sha256(body))
+    retain_until = entry.policy.retain_until(entry.created_at)
+    return receipt, body.SerializeToString(deterministic=True), retain_until and format_time(retain_until)
+
+
+def _receipt_from_row(row: Sequence[Any], body: bytes | None) -> risklens_pb2.Receipt:
+    receipt = risklens_pb2.Receipt.FromString(bytes(body)) if body else risklens_pb2.Receipt()
+    (receipt.sequence, receipt.receipt_id, receipt.created_at, receipt.model.name, receipt.model.version,
+     receipt.model.sha256, receipt.model.framework, receipt.input_sha256, receipt.body_sha256,
+     receipt.prev_hash, receipt.record_hash) = row[:11]
+    receipt.purged = bool(row[11])
+    return receipt
+
+
+def _link_only(receipt: risklens_pb2.Receipt) -> risklens_pb2.Receipt:
+    """A record outside an export's filter: header and hashes only, so the chain still links."""
+    link = risklens_pb2.Receipt()
+    link.CopyFrom(receipt)
+    for name in ("input", "dropped_fields", "explanation"):
+        link.ClearField(name)
+    return link
+
+
+class AuditStore(abc.ABC):
+    """Backend-neutral chain logic; subclasses supply connections, locking and error mapping."""
+
+    _placeholder = "?"
+    # Read under the write transaction; PostgreSQL adds FOR UPDATE so appends serialize on it.
+    _head_query = "SELECT sequence, head_hash FROM audit_head WHERE id = 1"
+
+    def __init__(self, url: str, *, signing_key: Ed25519PrivateKey | None = None,
+                 checkpoint_every: int = 0) -> None:
+        self.url = url
+        self._signing_key = signing_key
+        self._checkpoint_every = checkpoint_every
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------ backend hooks
+
+    @abc.abstractmethod
+    def _connect(self) -> Any: ...
+
+    @abc.abstractmethod
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Any]:
+        """Yield a connection inside a transaction that holds the chain's write lock."""
+
+    @abc.abstractmethod
+    @contextmanager
+    def _read_transaction(self) -> Iterator[Any]:
+        """Yield a connection inside a read transaction with a stable snapshot."""
+
+    @abc.abstractmethod
+    def _executemany(self, connection: Any, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    def _after_purge(self) -> None: ...
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+    def _fetchone(self, connection: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return connection.execute(self._sql(sql), params).fetchone()
+
+    def _fetchall(self, connection: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return connection.execute(self._sql(sql), params).fetchall()
+
+    def _create_schema(self, connection: Any, blob_type: str) -> None:
+        for statement in _SCHEMA:
+            connection.execute(statement.format(blob=blob_type))
+        existing = self._fetchone(connection, "SELECT value FROM audit_meta WHERE key = 'schema_version'")
+        if existing is None:
+            connection.execute(self._sql("INSERT INTO audit_meta (key, value) VALUES ('schema_version', ?)"),
+                               (SCHEMA_VERSION,))
+            connection.execute("INSERT INTO audit_head (id, sequence, head_hash) VALUES (1, 0, '')")
+        elif existing[0] != SCHEMA_VERSION:
+            raise AuditUnavailable(f"audit store {self._where()} has schema {existing[0]}, this risklens "
+                                   f"writes {SCHEMA_VERSION}")
+
+    def _where(self) -> str:
+        """The store's location without credentials, for messages and logs."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+
+    # ------------------------------------------------------------ writing
+
+    def record(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Append the entries to the chain in one transaction; durable when this returns.
+
+        Returns their sequence numbers. Raises AuditUnavailable / AuditStorageFull (nothing
+        written) or DuplicateReceipt.
+        """
+        if not entries:
+            return []
+        prepared = [_prepare(entry) for entry in entries]
+        sequences: list[int] = []
+        with self._write_transaction() as connection:
+            sequence, head = self._fetchone(connection, self._head_query)
+            first_sequence = sequence
+            rows = []
+            for receipt, body, retain_until in prepared:
+                sequence += 1
+                receipt.sequence = sequence
+                receipt.prev_hash = head
+                receipt.record_hash = head = record_hash(receipt)
+                sequences.append(sequence)
+                rows.append((sequence, receipt.receipt_id, receipt.created_at, receipt.model.name,
+                             receipt.model.version, receipt.model.sha256, receipt.model.framework,
+                             receipt.input_sha256, receipt.body_sha256, receipt.prev_hash, receipt.record_hash,
+                             0, retain_until, body))
+            self._executemany(connection, self._sql(
+                f"INSERT INTO audit_records ({_HEADER_COLUMNS}, retain_until, body) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
+            connection.execute(self._sql("UPDATE audit_head SET sequence = ?, head_hash = ? WHERE id = 1"),
+                               (sequence, head))
+            every = self._checkpoint_every
+            if self._signing_key is not None and every and sequence // every > first_sequence // every:
+                self._insert_checkpoint(connection, sign_checkpoint(self._signing_key, sequence, head))
+        return sequences
+
+    def _insert_checkpoint(self, connection: Any, checkpoint: risklens_pb2.Checkpoint) -> None:
+        connection.execute(self._sql("INSERT INTO audit_checkpoints (sequence, head_hash, created_at, signature, "
+                                     "public_key) VALUES (?, ?, ?, ?, ?)"),
+                           (checkpoint.sequence, checkpoint.head_hash, checkpoint.created_at,
+                            checkpoint.signature, checkpoint.public_key))
+
+    def checkpoint(self, signing_key: Ed25519PrivateKey | None = None) -> risklens_pb2.Checkpoint:
+        """Sign the current chain head with Ed25519 and keep the signature in the store."""
+        key = signing_key or self._signing_key
+        if key is None:
+            raise ManifestError(f"no audit signing key: pass one or set {SIGNING_KEY_ENV}", field=SIGNING_KEY_ENV)
+        with self._write_transaction() as connection:
+            sequence, head = self._fetchone(connection, self._head_query)
+            if sequence == 0:
+                raise InvalidRequest("the audit trail is empty: nothing to checkpoint")
+            checkpoint = sign_checkpoint(key, sequence, head)
+            self._insert_checkpoint(connection, checkpoint)
+        return checkpoint
+
+    def purge(self, before: datetime | None = None, *, model: str | None = None,
+              now: datetime | None = None) -> int:
+        """Remove record bodies (input and explanation), keeping every hash so the chain verifies.
+
+        With ``before``: records created before it (of ``model`` only, if given). Without: records
+        whose policy's retention window has passed at ``now`` (default: the current time).
+        Returns how many records were purged.
+        """
+        if before is not None:
+            where, params = "created_at < ?", [format_time(before)]
+            if model:
+                where, params = where + " AND model_name = ?", [*params, model]
+        else:
+            where, params = "retain_until IS NOT NULL AND retain_until <= ?", [format_time(now or datetime.now(UTC))]
+        with self._write_transaction() as connection:
+            cursor = connection.execute(
+                self._sql(f"UPDATE audit_records SET body = NULL, purged = 1 WHERE purged = 0 AND {where}"),
+                tuple(params))
+            purged = cursor.rowcount
+        if purged:
+            self._after_purge()
+        log.info("purged %d audit record bodies in %s", purged, self._where())
+        return purged
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, receipt_id: str) -> risklens_pb2.Receipt:
+        with self._read_transaction() as connection:
+            row = self._fetchone(connection, f"SELECT {_HEADER_COLUMNS}, body FROM audit_records "
+                                             f"WHERE receipt_id = ?", (receipt_id,))
+        if row is None:
+            raise ReceiptNotFound(f"no audit record with receipt id {receipt_id!r}", field="receipt_id")
+        return _receipt_from_row(row, row[12])
+
+    def head(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest record; (0, "") for an empty chain."""
+        with self._read_transaction() as connection:
+            sequence, head_hash = self._fetchone(connection, "SELECT sequence, head_hash FROM audit_head WHERE id = 1")
+        return int(sequence), head_hash
+
+    def _iter_range(self, connection: Any, first: int, last: int) -> Iterator[risklens_pb2.Receipt]:
+        after = first - 1
+        while after < last:
+            rows = self._fetchall(connection, f"SELECT {_HEADER_COLUMNS}, body FROM audit_records "
+                                              f"WHERE sequence > ? AND sequence <= ? ORDER BY sequence LIMIT ?",
+                                  (after, last, _READ_CHUNK))
+            if not rows:
+                return
+            for row in rows:
+                yield _receipt_from_row(row, row[12])
+            after = int(rows[-1][0])
+
+    def _checkpoints(self, connection: Any, first: int, last: int) -> list[risklens_pb2.Checkpoint]:
+        rows = self._fetchall(connection, "SELECT sequence, head_hash, created_at, signature, public_key "
+                                          "FROM audit_checkpoints WHERE sequence >= ? AND sequence <= ? "
+                                          "ORDER BY sequence, created_at", (first, last))
+        return [risklens_pb2.Checkpoint(sequence=int(row[0]), head_hash=row[1], created_at=row[2],
+                                        signature=row[3], public_key=row[4]) for row in rows]
+
+    def records(self) -> Iterator[risklens_pb2.Receipt]:
+        """Every record in chain order (one consistent snapshot)."""
+        with self._read_transaction() as connection:
+            last = int(self._fetchone(connection, "SELECT sequence FROM audit_head WHERE id = 1")[0])
+            yield from self._iter_range(connection, 1, last)
+
+    def verify(self, trusted_public_key: bytes | None = None) -> VerifyReport:
+        """Re-hash every record and link; check the head row and every signed checkpoint.
+
+        The report names the first bad record (edited, deleted, reordered or inserted).
+        """
+        with self._read_transaction() as connection:
+            sequence, head_hash = self._fetchone(connection, "SELECT sequence, head_hash FROM audit_head WHERE id = 1")
+            max_sequence = int(self._fetchone(connection, "SELECT COALESCE(MAX(sequence), 0) FROM audit_records")[0])
+            last = max(int(sequence), max_sequence)
+            verifier = ChainVerifier(checkpoints=self._checkpoints(connection, 1, 2**62),
+                                     trusted_public_key=trusted_public_key)
+            verifier.feed_all(self._iter_range(connection, 1, last))
+        return verifier.finish(int(sequence), head_hash, "the store's head row")
+
+    def export(self, from_time: datetime | None = None, to_time: datetime | None = None,
+               model: str | None = None) -> Iterator[risklens_pb2.Receipt | risklens_pb2.ExportManifest]:
+        """Records created in [from_time, to_time] (of ``model``, if given), then one manifest.
+
+        To keep the exported chain verifiable offline, records inside the span of the selection
+        that do not match it come as links only (header and hashes, no input or explanation).
+        """
+        low = format_time(from_time) if from_time else ""
+        high = format_time(to_time) if to_time else "9999"
+        where, params = "created_at >= ? AND created_at <= ?", [low, high]
+        if model:
+            where, params = where + " AND model_name = ?", [*params, model]
+        manifest = risklens_pb2.ExportManifest(schema_version=SCHEMA_VERSION, from_time=low, to_time=high)
+        with self._read_transaction() as connection:
+            first, last = self._fetchone(connection, f"SELECT MIN(sequence), MAX(sequence) FROM audit_records "
+                                                     f"WHERE {where}", tuple(params))
+            models: dict[tuple[str, str, str], risklens_pb2.ModelRef] = {}
+            if first is not None:
+                first, last = int(first), int(last)
+                manifest.first_sequence, manifest.last_sequence = first, last
+                for receipt in self._iter_range(connection, first, last):
+                    selected = (low <= receipt.created_at <= high and (not model or receipt.model.name == model)
+                                and not receipt.purged)
+                    if receipt.sequence == first:
+                        manifest.prev_hash = receipt.prev_hash
+                    manifest.chain_head = receipt.record_hash
+                    if selected:
+                        manifest.count += 1
+                        models.setdefault((receipt.model.name, receipt.model.version, receipt.model.sha256),
+                                          receipt.model)
+                        yield receipt
+                    else:
+                        yield receipt if receipt.purged else _link_only(receipt)
+                manifest.checkpoints.extend(self._checkpoints(connection, first, last))
+            manifest.models.extend(models[key] for key in sorted(models))
+        yield manifest
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class SqliteAuditStore(AuditStore):
+    """Embedded store: WAL journal, ``synchronous=FULL`` (the commit is fsynced before returning)."""
+
+    def __init__(self, url: str, path: Path, *, max_page_count: int | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.path = path
+        self._max_page_count = max_page_count
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise AuditUnavailable(f"cannot create the audit directory {path.parent}: {error}") from error
+        self._writer = self._connect()
+        with self._write_transaction() as connection:
+            self._create_schema(connection, "BLOB")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise AuditUnavailable(f"audit database {self.path} cannot use WAL journaling (got {mode})")
+            connection.execute("PRAGMA synchronous = FULL")
+            # Purged bodies are overwritten on disk, not just unlinked from the b-tree.
+            connection.execute("PRAGMA secure_delete = ON")
+            if self._max_page_count:
+                connection.execute(f"PRAGMA max_page_count = {int(self._max_page_count)}")
+        except sqlite3.Error as error:
+            raise self._map_error(error) from error
+        return connection
+
+    def _map_error(self, error: sqlite3.Error) -> RiskLensError:
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        if isinstance(error, sqlite3.IntegrityError):
+            return DuplicateReceipt(f"receipt id already recorded in {self.path}: {error}", field="receipt_id")
+        if code == sqlite3.SQLITE_FULL:
+            return AuditStorageFull(f"audit database {self.path} is full (disk or size limit); nothing was recorded")
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return AuditUnavailable(f"audit database {self.path} is corrupted or not an audit database "
+                                    f"({error}); restore it from a backup or export")
+        return AuditUnavailable(f"audit database {self.path} is unavailable: {error}")
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            if self._closed:
+                raise AuditUnavailable(f"audit store {self.path} is closed")
+            connection = self._writer
+            try:
+                # IMMEDIATE takes the database write lock now, so the head read below is the head
+                # this transaction extends, also against other processes.
+                connection.execute("BEGIN IMMEDIATE")
+                yield connection
+                connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._rollback(connection)
+                raise self._map_error(error) from error
+            except BaseException:
+                self._rollback(connection)
+                raise
+
+    @staticmethod
+    def _rollback(connection: sqlite3.Connection) -> None:
+        if connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("audit rollback failed")
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise AuditUnavailable(f"audit store {self.path} is closed")
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN")
+            yield connection
+        except sqlite3.Error as error:
+            raise self._map_error(error) from error
+        finally:
+            connection.close()
+
+    def _executemany(self, connection: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        connection.executemany(sql, rows)
+
+    def _after_purge(self) -> None:
+        # Move the overwritten pages out of the WAL into the main file, so no copy of a purged
+        # body lingers in the log.
+        with self._write_lock:
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as error:
+                raise self._map_error(error) from error
+
+    def close(self) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self._closed = True
+                self._writer.close()
+
+
+class PostgresAuditStore(AuditStore):
+    """Shared store for several replicas; the head row is locked ``FOR UPDATE`` per append."""
+
+    _placeholder = "%s"
+    _head_query = "SELECT sequence, head_hash FROM audit_head WHERE id = 1 FOR UPDATE"
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        import psycopg  # imported here: SQLite-only deployments never load the driver
+
+        self._psycopg = psycopg
+        self._writer: Any = None
+        with self._write_transaction() as connection:
+            # Two replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
+            connection.execute("SELECT pg_advisory_xact_lock(7245190411)")
+            self._create_schema(connection, "BYTEA")
+
+    def _connect(self, *, autocommit: bool = True) -> Any:
+        try:
+            connection = self._psycopg.connect(self.url, autocommit=autocommit, connect_timeout=10)
+            if not autocommit:
+                connection.isolation_level = self._psycopg.IsolationLevel.REPEATABLE_READ
+            return connection
+        except self._psycopg.Error as error:
+            raise self._map_error(error) from error
+
+    def _map_error(self, error: Exception) -> RiskLensError:
+        errors = self._psycopg.errors
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        if isinstance(error, errors.UniqueViolation):
+            return DuplicateReceipt(f"receipt id already recorded in {self._where()}", field="receipt_id")
+        if sqlstate.startswith("53") and sqlstate != "53200":  # class 53 minus out_of_memory
+            return AuditStorageFull(f"audit database {self._where()} is out of space ({sqlstate}); nothing "
+                                    f"was recorded")
+        return AuditUnavailable(f"audit database {self._where()} is unavailable: "
+                                f"{type(error).__name__}: {str(error).strip()}")
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Any]:
+        with self._write_lock:
+            if self._closed:
+                raise AuditUnavailable(f"audit store {self._where()} is closed")
+            if self._writer is None or self._writer.closed or self._writer.broken:
+                self._writer = self._connect()
+            connection = self._writer
+            try:
+                with connection.transaction():
+                    yield connection
+            except self._psycopg.Error as error:
+                raise self._map_error(error) from error
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[Any]:
+        if self._closed:
+            raise AuditUnavailable(f"audit store {self._where()} is closed")
+        connection = self._connect(autocommit=False)
+        try:
+            yield connection
+        except self._psycopg.Error as error:
+            raise self._map_error(error) from error
+        finally:
+            connection.close()
+
+    def _executemany(self, connection: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    def _after_purge(self) -> None:
+        # PostgreSQL keeps dead row versions until VACUUM; documented in docs/audit.md.
+        return None
+
+    def close(self) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self._closed = True
+                if self._writer is not None:
+                    self._writer.close()
+
+
+def open_store(url: str, *, signing_key: Ed25519PrivateKey | None = None,
+               checkpoint_every: int = 0) -> AuditStore:
+    """Open (creating if needed) the audit store at ``url``.
+
+    ``sqlite:///abs/path/audit.db`` (optional ``?max_page_count=N`` caps the file size) or
+    ``postgresql://user@host:port/db``. ``signing_key`` (default: the PEM file named by
+    ``RISKLENS_AUDIT_SIGNING_KEY``, if set) signs ``checkpoint()`` and, with ``checkpoint_every``,
+    an automatic checkpoint each time the chain crosses a multiple of that many records.
+    """
+    if signing_key is None and os.environ.get(SIGNING_KEY_ENV):
+        signing_key = load_signing_key(os.environ[SIGNING_KEY_ENV])
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if not parts.path or parts.netloc:
+            raise InvalidRequest(f"audit URL {url!r}: expected sqlite:///absolute/path/audit.db")
+        query = parse_qs(parts.query)
+        max_pages = int(query["max_page_count"][0]) if "max_page_count" in query else None
+        return SqliteAuditStore(url, Path(parts.path), max_page_count=max_pages, signing_key=signing_key,
+                                checkpoint_every=checkpoint_every)
+    if parts.scheme in ("postgresql", "postgres"):
+        return PostgresAuditStore(url, signing_key=signing_key, checkpoint_every=checkpoint_every)
+    raise InvalidRequest(f"audit URL {url!r}: scheme must be sqlite or postgresql")
