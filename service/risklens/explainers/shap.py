@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from risklens.errors import RiskLensError
+from risklens.errors import RiskLensError, UnsupportedModel
 from risklens.explainers.base import ExplainContext, Explainer
 from risklens.registry import LoadedModel
 
@@ -42,6 +42,46 @@ def _linear_shap(model: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, fl
     return coef * (matrix - mean), float(intercept + coef @ mean), "linear-exact"
 
 
+def _additive_shap(model: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, float, str]:
+    """Exact interventional SHAP of an EBM against the background sample.
+
+    A single-feature term f_j gives phi_j = f_j(x_j) - E[f_j(X_j)]. A pair term f_jk is a
+    two-player game v(S) = E[f_jk(x_S, X_rest)] over background rows; its exact Shapley split is
+    phi_j = (v(j) - v({}) + v(jk) - v(k)) / 2, and phi_k likewise, so the pair's two shares add up
+    to f_jk(x) - E[f_jk(X)]. Base value: intercept + sum of the terms' background means.
+    """
+    from risklens.registry.adapters import EBMAdapter
+
+    ebm = model.estimator
+    background = model.background_matrix
+    terms_bg = np.asarray(ebm.eval_terms(EBMAdapter.frame(ebm, background)), dtype="float64")
+    terms_x = np.asarray(ebm.eval_terms(EBMAdapter.frame(ebm, matrix)), dtype="float64")
+    mean_bg = terms_bg.mean(axis=0)
+    n, m = len(matrix), len(background)
+    values = np.zeros_like(matrix, dtype="float64")
+    pair_columns = sorted({c for term in ebm.term_features_ if len(term) == 2 for c in term})
+    # with_column[c][i, t]: mean over background rows of term t with column c set to row i's value.
+    with_column: dict[int, np.ndarray] = {}
+    for c in pair_columns:
+        stacked = np.tile(background, (n, 1))
+        stacked[:, c] = np.repeat(matrix[:, c], m)
+        scores = np.asarray(ebm.eval_terms(EBMAdapter.frame(ebm, stacked)), dtype="float64")
+        with_column[c] = scores.reshape(n, m, -1).mean(axis=1)
+    for t, term in enumerate(ebm.term_features_):
+        if len(term) == 1:
+            values[:, term[0]] += terms_x[:, t] - mean_bg[t]
+        elif len(term) == 2:
+            j, k = term
+            v_j, v_k, v_jk = with_column[j][:, t], with_column[k][:, t], terms_x[:, t]
+            values[:, j] += 0.5 * (v_j - mean_bg[t] + v_jk - v_k)
+            values[:, k] += 0.5 * (v_k - mean_bg[t] + v_jk - v_j)
+        else:
+            raise UnsupportedModel(f"EBM term {ebm.term_names_[t]!r} joins {len(term)} features; "
+                                   "exact SHAP covers single features and pairs")
+    base = float(np.asarray(ebm.intercept_, dtype="float64").reshape(-1)[0] + mean_bg.sum())
+    return values, base, "ebm-exact"
+
+
 class ShapExplainer(Explainer):
     name = "shap"
 
@@ -56,13 +96,15 @@ class ShapExplainer(Explainer):
 
     @classmethod
     def supports(cls, model: LoadedModel) -> bool:
-        return model.kind in ("tree", "linear")
+        return model.kind in ("tree", "linear", "additive")
 
     def attributions(self, frame: pd.DataFrame, device: str = "auto") -> tuple[np.ndarray, float, np.ndarray, str, str]:
         """(values per feature (n, f), base value, raw output (n,), engine, device used)."""
         matrix = self.model.model_matrix(frame)
         if self.model.kind == "linear":
             column_values, base, engine = _linear_shap(self.model, matrix)
+        elif self.model.kind == "additive":
+            column_values, base, engine = _additive_shap(self.model, matrix)
         else:
             column_values, base, engine = self._tree_shap(matrix)
         raw = self.model.raw_from_matrix(matrix)
