@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from risklens.errors import ManifestError
 from risklens.registry import LoadedModel, Manifest
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(template: str) -> jinja2.Template:
+    """Reason texts are few and reused on every call: compile each once."""
+    return _ENV.from_string(template)
 
 
 class CodeSpec(BaseModel):
@@ -89,7 +96,7 @@ def select_reason_codes(catalogue: Catalogue, manifest: Manifest, claim: dict[st
     for direction, chosen in (("raises", raising), ("lowers", lowering)):
         for weight, spec in chosen:
             template = spec.raises if direction == "raises" else spec.lowers
-            text = _ENV.from_string(template).render(**shown)
+            text = _compiled(template).render(**shown)
             codes.append(ReasonCode(spec.code, text, direction, weight, tuple(spec.features)))
     return codes
 
