@@ -18,6 +18,10 @@ app = typer.Typer(
 models_app = typer.Typer(help="Model directories: list what is there, register new models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+from risklens.audit.cli import audit_app  # noqa: E402 - the audit commands live with the audit package
+
+app.add_typer(audit_app, name="audit")
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,

@@ -13,7 +13,7 @@ import numbers
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +43,8 @@ def to_value(raw: Any) -> risklens_pb2.Value:
     """One claim value as a proto ``Value`` (numbers become doubles, as on the wire)."""
     if isinstance(raw, risklens_pb2.Value):
         return raw
-    if raw is None:
+    # A float NaN is a missing value, as on the wire (risklens.wire.value_to_proto).
+    if raw is None or (isinstance(raw, float) and raw != raw):
         return risklens_pb2.Value(null=risklens_pb2.NULL_VALUE)
     # bool before numbers: bool is an int subclass (numpy.bool_ is not, but registers as no Real).
     if isinstance(raw, bool) or type(raw).__name__ == "bool_":
@@ -95,6 +96,17 @@ def format_time(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise InvalidRequest("audit timestamps must be timezone-aware")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def export_items(store: Any, from_time: str = "", to_time: str = "", model: str = ""
+                 ) -> Iterator[risklens_pb2.ExportItem]:
+    """The ExportAudit stream: each record, then the manifest (empty bounds and model mean open)."""
+    for item in store.export(parse_time(from_time) if from_time else None,
+                             parse_time(to_time) if to_time else None, model or None):
+        if isinstance(item, risklens_pb2.ExportManifest):
+            yield risklens_pb2.ExportItem(manifest=item)
+        else:
+            yield risklens_pb2.ExportItem(record=item)
 
 
 def parse_time(text: str) -> datetime:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 
 from risklens.core import ClaimInput, ExplainService
-from risklens.errors import RiskLensError
+from risklens.errors import AuditUnavailable, RiskLensError
 from risklens.server.errors import error_detail, grpc_errors
 from risklens.v1 import risklens_pb2 as pb
 from risklens.v1 import risklens_pb2_grpc as pb_grpc
@@ -56,6 +56,21 @@ class RiskLensServicer(pb_grpc.RiskLensServicer):
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         model = self.service.registry.get(request.name, request.version)
         return model_info(model, self.service.supported_methods(model))
+
+    @grpc_errors
+    def GetReceipt(self, request: pb.GetReceiptRequest, context: grpc.ServicerContext) -> pb.Receipt:
+        return self._audit_store().get(request.receipt_id)
+
+    @grpc_errors
+    def ExportAudit(self, request: pb.ExportAuditRequest, context: grpc.ServicerContext) -> Iterator[pb.ExportItem]:
+        from risklens.audit import export_items
+
+        yield from export_items(self._audit_store(), request.from_time, request.to_time, request.model)
+
+    def _audit_store(self):  # noqa: ANN202 - a risklens.audit.AuditStore
+        if self.service.audit is None:
+            raise AuditUnavailable("this server runs with the audit trail disabled (RISKLENS_AUDIT_ENABLED=false)")
+        return self.service.audit
 
 
 def _batch_item(index: int, claim_id: str, outcome: object) -> pb.BatchItem:

@@ -1,0 +1,107 @@
+"""Replay: recompute a recorded explanation with the recorded model (by sha256) and settings, compare."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from risklens.errors import InvalidRequest
+from risklens.v1 import risklens_pb2
+
+from ._canonical import input_sha256, message_dict, to_value_map
+from ._policy import HMAC_PREFIX, RedactionPolicy
+
+
+@dataclass
+class ReplayResult:
+    receipt_id: str
+    identical: bool
+    differences: list[str] = field(default_factory=list)
+    # Why the differences may be expected (library versions, device), in plain words.
+    explanations: list[str] = field(default_factory=list)
+    recomputed: risklens_pb2.ExplainResponse | None = None
+
+    def summary(self) -> str:
+        if self.identical:
+            return f"receipt {self.receipt_id}: replay IDENTICAL to the recorded explanation"
+        lines = [f"receipt {self.receipt_id}: replay DIFFERS in {len(self.differences)} place(s):",
+                 *[f"  {line}" for line in self.differences[:50]]]
+        if len(self.differences) > 50:
+            lines.append(f"  ... and {len(self.differences) - 50} more")
+        lines += [f"  likely cause: {reason}" for reason in self.explanations]
+        return "\n".join(lines)
+
+
+def _diff(recorded: Any, recomputed: Any, path: str, out: list[str]) -> None:
+    if isinstance(recorded, dict) and isinstance(recomputed, dict):
+        for key in sorted(set(recorded) | set(recomputed)):
+            _diff(recorded.get(key), recomputed.get(key), f"{path}.{key}" if path else key, out)
+    elif isinstance(recorded, list) and isinstance(recomputed, list):
+        if len(recorded) != len(recomputed):
+            out.append(f"{path}: {len(recorded)} items recorded, {len(recomputed)} recomputed")
+        for index, (a, b) in enumerate(zip(recorded, recomputed)):
+            _diff(a, b, f"{path}[{index}]", out)
+    elif recorded != recomputed:
+        if isinstance(recorded, float) and isinstance(recomputed, float) and math.isclose(recorded, recomputed,
+                                                                                           rel_tol=1e-9):
+            out.append(f"{path}: recorded {recorded!r}, recomputed {recomputed!r} (floating-point rounding)")
+        else:
+            out.append(f"{path}: recorded {recorded!r}, recomputed {recomputed!r}")
+
+
+def replay_input(receipt: risklens_pb2.Receipt, raw_input: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The claim to recompute with: the stored input, or the caller's copy when fields were redacted."""
+    from risklens.wire import features_from_proto
+
+    if raw_input is not None:
+        values = to_value_map(raw_input)
+        if input_sha256(values) != receipt.input_sha256:
+            raise InvalidRequest(f"the supplied input does not hash to the recorded input_sha256 of receipt "
+                                 f"{receipt.receipt_id}: it is not the claim that was explained", field="input")
+        return features_from_proto(values)
+    if receipt.purged:
+        raise InvalidRequest(f"receipt {receipt.receipt_id} was purged by retention; supply the original input",
+                             field="input")
+    redacted = list(receipt.dropped_fields) + [name for name, value in receipt.input.items()
+                                               if value.text.startswith(HMAC_PREFIX)]
+    if redacted:
+        raise InvalidRequest(f"receipt {receipt.receipt_id} stores {', '.join(sorted(redacted))} redacted; supply "
+                             f"the original input (it is checked against input_sha256)", field="input")
+    return features_from_proto(receipt.input)
+
+
+def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str, Any] | None = None) -> ReplayResult:
+    """Recompute with the model whose artifact sha256 was recorded and the recorded settings."""
+    from risklens.core import ExplainOptions, ExplainService, library_versions
+
+    recorded = receipt.explanation
+    claim = replay_input(receipt, raw_input)
+    model = registry.find_by_sha256(receipt.model.sha256)
+    settings = recorded.settings
+    options = ExplainOptions(methods=tuple(settings.methods), top_k=settings.top_k, seed=settings.seed,
+                             device=settings.device, lime_samples=settings.lime_samples)
+    explanation = ExplainService(registry).explain(model.name, claim, claim_id=recorded.claim_id,
+                                                   version=model.version, options=options)
+    recomputed = risklens_pb2.ExplainResponse()
+    recomputed.CopyFrom(explanation.response)
+    recomputed.receipt_id = recorded.receipt_id  # a replay gets a new id; the content is what is compared
+    # Values the record holds redacted are compared through input_sha256 (checked above), so the
+    # comparison leaves them out on both sides; everything else must match exactly.
+    redacted = set(receipt.dropped_fields) | {name for name, value in receipt.input.items()
+                                              if value.text.startswith(HMAC_PREFIX)}
+    blind = RedactionPolicy(fields=dict.fromkeys(redacted, "drop"))
+    comparable = blind.redact_explanation(recomputed)
+    differences: list[str] = []
+    _diff(message_dict(blind.redact_explanation(recorded)), message_dict(comparable), "", differences)
+    causes = []
+    now_versions = library_versions()
+    changed = {name: (then, now_versions.get(name)) for name, then in settings.library_versions.items()
+               if now_versions.get(name) != then}
+    if differences and changed:
+        causes.append("library versions changed since recording: " + ", ".join(
+            f"{name} {then} -> {now}" for name, (then, now) in sorted(changed.items())))
+    if differences and comparable.settings.device != settings.device:
+        causes.append(f"recorded on {settings.device}, replayed on {comparable.settings.device}")
+    return ReplayResult(receipt.receipt_id, not differences, differences, causes, recomputed)

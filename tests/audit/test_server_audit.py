@@ -1,0 +1,236 @@
+"""The audit trail through the real server and CLI: receipts, exports, replay, kill -9 during streams."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from risklens.audit import RedactionPolicy, open_store, verify_export, write_export
+from risklens.cli import app
+from risklens.v1 import risklens_pb2, risklens_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _request(claim: dict[str, Any], claim_id: str) -> risklens_pb2.ExplainRequest:
+    from risklens.wire import value_to_proto
+
+    return risklens_pb2.ExplainRequest(model="demo-xgb", claim_id=claim_id,
+                                       features={k: value_to_proto(v) for k, v in claim.items()})
+
+
+@pytest.fixture(scope="module")
+def claims() -> list[dict[str, Any]]:
+    from risklens.datasets import generate_claims
+
+    frame, _ = generate_claims(200, 23)
+    return [frame.iloc[i].to_dict() for i in range(len(frame))]
+
+
+@pytest.fixture(scope="module")
+def audited_server(grpc_server_factory: Callable[..., Any], demo_models_dir: Path, claims: list[dict[str, Any]],
+                   tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return grpc_server_factory(demo_models_dir, data_dir=tmp_path_factory.mktemp("audited"))
+
+
+def test_every_explanation_has_a_receipt(audited_server: Any, claims: list[dict[str, Any]]) -> None:
+    responses = [audited_server.stub.Explain(_request(claims[i], f"claim-{i}")) for i in range(5)]
+    policy = RedactionPolicy.from_manifest(audited_server.running.service.registry.get("demo-xgb").manifest.audit)
+    for response in responses:
+        receipt = audited_server.stub.GetReceipt(risklens_pb2.GetReceiptRequest(receipt_id=response.receipt_id))
+        assert receipt.explanation == policy.redact_explanation(response)
+        assert receipt.model == response.model and receipt.sequence >= 1
+        assert receipt.input["claimant_age"].text.startswith("hmac-sha256:")  # the demo policy hashes it
+    with pytest.raises(grpc.RpcError) as caught:
+        audited_server.stub.GetReceipt(risklens_pb2.GetReceiptRequest(receipt_id="0190f0f0-0000-7000-8000-000000000000"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_export_audit_stream_verifies_offline(audited_server: Any, claims: list[dict[str, Any]],
+                                              tmp_path: Path) -> None:
+    batch = risklens_pb2.ExplainBatchRequest(model="demo-xgb", claims=[
+        risklens_pb2.Claim(claim_id=f"batch-{i}", features=_request(claims[i], "").features) for i in range(10, 16)])
+    answered = audited_server.stub.ExplainBatch(batch)
+    items = list(audited_server.stub.ExportAudit(risklens_pb2.ExportAuditRequest(model="demo-xgb")))
+    manifest = items[-1].manifest
+    records = [item.record for item in items[:-1]]
+    assert {item.result.receipt_id for item in answered.items} <= {r.receipt_id for r in records}
+    assert manifest.count == len(records) and manifest.chain_head == records[-1].record_hash
+    write_export((r for r in [*records, manifest]), tmp_path / "export", "parquet")
+    report = verify_export(tmp_path / "export")
+    assert report.ok and report.bodies_checked == len(records), report.summary()
+
+
+def test_audit_cli_commands(audited_server: Any, claims: list[dict[str, Any]], tmp_path: Path,
+                            demo_models_dir: Path) -> None:
+    response = audited_server.stub.Explain(_request(claims[30], "cli-claim"))
+    data = ["--data-dir", str(audited_server.data_dir)]
+
+    shown = runner.invoke(app, ["audit", "show", response.receipt_id, *data])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["explanation"]["claim_id"] == "cli-claim"
+
+    claim_file = tmp_path / "claim.json"
+    claim_file.write_text(json.dumps(claims[30]))
+    replayed = runner.invoke(app, ["audit", "replay", response.receipt_id, "--models", str(demo_models_dir),
+                                   "--input", str(claim_file), *data])
+    assert replayed.exit_code == 0, replayed.output
+    assert "IDENTICAL" in replayed.output
+    # Without the original claim, a receipt whose fields were hashed cannot be replayed.
+    refused = runner.invoke(app, ["audit", "replay", response.receipt_id, "--models", str(demo_models_dir), *data])
+    assert refused.exit_code == 2 and "claimant_age" in refused.output
+
+    signed = runner.invoke(app, ["audit", "checkpoint", *data])
+    assert signed.exit_code == 0, signed.output
+    public_key = signed.output.split("public key ")[1].split()[0]
+    verified = runner.invoke(app, ["audit", "verify", "--public-key", public_key, *data])
+    assert verified.exit_code == 0 and verified.output.startswith("OK"), verified.output
+
+    out = tmp_path / "export"
+    exported = runner.invoke(app, ["audit", "export", "--out", str(out), "--format", "csv", "--model", "demo-xgb",
+                                   *data])
+    assert exported.exit_code == 0, exported.output
+    offline = runner.invoke(app, ["audit", "verify", str(out), "--public-key", public_key])
+    assert offline.exit_code == 0 and "1 signed checkpoints verified" in offline.output, offline.output
+    with open(out / "records.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    edited = json.loads(rows[0]["receipt_json"])
+    edited["explanation"]["score"] = 0.001
+    rows[0]["receipt_json"] = json.dumps(edited)
+    with open(out / "records.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    broken = runner.invoke(app, ["audit", "verify", str(out)])
+    assert broken.exit_code == 1 and "FAILED at sequence" in broken.output
+
+
+def test_replay_says_what_differs(tmp_path: Path, claims: list[dict[str, Any]], demo_models_dir: Path) -> None:
+    """A recorded explanation that the model would not produce is named field by field."""
+    from risklens.core import ExplainService
+    from risklens.registry import ModelRegistry
+
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    service = ExplainService(ModelRegistry.from_directory(demo_models_dir), audit=store)
+    explanation = service.explain("demo-logreg", claims[40], claim_id="edited")
+    from risklens.audit import AuditEntry, new_receipt_id
+
+    altered = risklens_pb2.ExplainResponse()
+    altered.CopyFrom(explanation.response)
+    altered.receipt_id = new_receipt_id()
+    altered.score = 0.5
+    store.record([AuditEntry(altered.receipt_id, explanation.created_at, altered.model, explanation.claim, altered)])
+    store.close()
+    result = runner.invoke(app, ["audit", "replay", altered.receipt_id, "--models", str(demo_models_dir),
+                                 "--url", f"sqlite:///{tmp_path / 'audit.db'}"])
+    assert result.exit_code == 1
+    assert "DIFFERS in 1 place" in result.output and "score: recorded 0.5" in result.output
+    claim_file = tmp_path / "claim.json"
+    claim_file.write_text(json.dumps(claims[40]))
+    same = runner.invoke(app, ["audit", "replay", explanation.receipt_id, "--models", str(demo_models_dir),
+                               "--input", str(claim_file), "--url", f"sqlite:///{tmp_path / 'audit.db'}"])
+    assert same.exit_code == 0 and "IDENTICAL" in same.output, same.output
+
+
+# --------------------------------------------------------------------------- kill -9 during streams
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "risklens"), "serve", "--models", str(REPO_ROOT / "models"), "--port", str(port),
+         "--data-dir", str(data_dir)], stdout=log, stderr=log, env={**os.environ, "RISKLENS_WORKERS": "16"})
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=120)
+    finally:
+        channel.close()
+    return process
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.Popen[bytes]]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield tmp_path / "data", _free_port(), processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_kill_9_during_streams_loses_no_acknowledged_record(
+        server_process: tuple[Path, int, list[subprocess.Popen[bytes]]], claims: list[dict[str, Any]],
+        tmp_path: Path) -> None:
+    data_dir, port, processes = server_process
+    processes.append(_start_server(data_dir, port, tmp_path / "server.log"))
+    acknowledged: dict[str, str] = {}  # receipt id -> claim id
+    lock = threading.Lock()
+    enough = threading.Event()
+    stream_errors: list[grpc.StatusCode] = []
+
+    def client(thread: int) -> None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = risklens_pb2_grpc.RiskLensStub(channel)
+        requests = (_request(claims[(thread * 37 + i) % len(claims)], f"t{thread}-{i}") for i in range(10_000))
+        try:
+            for item in stub.ExplainStream(requests):
+                if item.HasField("result"):
+                    with lock:
+                        acknowledged[item.result.receipt_id] = item.claim_id
+                        if len(acknowledged) >= 150:
+                            enough.set()
+        except grpc.RpcError as error:  # the server died under the stream
+            stream_errors.append(error.code())
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    assert enough.wait(timeout=300), "the server acknowledged too few records before the deadline"
+    os.kill(processes[0].pid, signal.SIGKILL)
+    processes[0].wait()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(stream_errors) == 16  # every stream was cut by the kill
+
+    processes.append(_start_server(data_dir, port, tmp_path / "server.log"))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = risklens_pb2_grpc.RiskLensStub(channel)
+    for receipt_id, claim_id in acknowledged.items():
+        receipt = stub.GetReceipt(risklens_pb2.GetReceiptRequest(receipt_id=receipt_id))
+        assert receipt.explanation.claim_id == claim_id
+    channel.close()
+    processes[1].send_signal(signal.SIGTERM)
+    processes[1].wait(timeout=60)
+
+    store = open_store(f"sqlite:///{data_dir / 'audit.db'}")
+    records = list(store.records())
+    report = store.verify()
+    store.close()
+    ids = [r.receipt_id for r in records]
+    claim_ids = [r.explanation.claim_id for r in records]
+    assert len(ids) == len(set(ids)) and len(claim_ids) == len(set(claim_ids))  # nothing recorded twice
+    assert set(acknowledged) <= set(ids)
+    assert report.ok and report.records_checked == len(records), report.summary()
