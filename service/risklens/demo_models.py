@@ -1,8 +1,10 @@
 """Rebuild the bundled demo models from the deterministic synthetic claims generator.
 
 ``python -m risklens.demo_models --out models`` trains an XGBoost model and a logistic-regression
-pipeline on ``generate_claims(n=6000, seed=7)`` and writes both model directories, their reason-code
-catalogues and example claims under ``examples/``. Same inputs, same files.
+pipeline on ``generate_claims(n=6000, seed=7)``, registers both through
+``risklens.registry.registration.register_model`` (the step behind ``risklens models add``: model
+directory, PDP grids, EBM surrogate, permutation importance on 2,000 held-out claims) and writes
+example claims under ``examples/``. Same inputs, same files.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import pandas as pd
 
 from risklens.datasets import generate_claims
 from risklens.datasets.synthetic import PRICE_BANDS
-from risklens.registry import FeatureSpec, write_model_dir
+from risklens.registry import FeatureSpec
+from risklens.registry.registration import register_model
 from risklens.registry.schema import encode_frame, frame_to_claims
 
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 7
 DEMO_ROWS = 6000
+# Labelled claims the models never saw: permutation importance and the surrogate's fidelity use them.
+HOLDOUT_ROWS = 2000
 
 FEATURES = [
     FeatureSpec(name="claim_amount", type="numeric", min=0, max=10_000_000, description="Claimed amount (USD)"),
@@ -108,12 +113,15 @@ def _logistic_pipeline(X: pd.DataFrame, y: pd.Series):
 
 
 def build_demo_models(out: Path, examples_dir: Path) -> None:
+    """Train both demo models and register them (PDP grids, EBM surrogate, permutation importance)."""
     X, y = generate_claims(DEMO_ROWS, seed=DEMO_SEED)
-    common = dict(features=FEATURES, background=X, reason_codes=REASON_CODES, audit=AUDIT_POLICY, seed=DEMO_SEED)
-    write_model_dir(out / "demo-xgb", _xgboost_model(X, y), name="demo-xgb", version="1.0.0", threshold=0.5,
-                    description="Demo claims fraud model (XGBoost)", **common)
-    write_model_dir(out / "demo-logreg", _logistic_pipeline(X, y), name="demo-logreg", version="1.0.0",
-                    threshold=0.5, description="Demo claims fraud model (logistic regression)", **common)
+    holdout = generate_claims(HOLDOUT_ROWS, seed=DEMO_SEED + 2)
+    common = dict(features=FEATURES, holdout=holdout, reason_codes=REASON_CODES, audit=AUDIT_POLICY,
+                  seed=DEMO_SEED)
+    register_model(out / "demo-xgb", _xgboost_model(X, y), X, name="demo-xgb", version="1.0.0", threshold=0.5,
+                   description="Demo claims fraud model (XGBoost)", **common)
+    register_model(out / "demo-logreg", _logistic_pipeline(X, y), X, name="demo-logreg", version="1.0.0",
+                   threshold=0.5, description="Demo claims fraud model (logistic regression)", **common)
     examples_dir.mkdir(parents=True, exist_ok=True)
     held_out, _ = generate_claims(400, seed=DEMO_SEED + 1)
     rng = np.random.default_rng(DEMO_SEED)
