@@ -428,6 +428,21 @@ def _from_sklearn_hist_gradient_boosting(model: Any) -> TreeEnsemble:
     predictors = model._predictors
     if predictors and len(predictors[0]) != 1:
         raise UnsupportedModel("multi-class HistGradientBoostingClassifier is not supported (binary only)")
+    names = _sklearn_names(model)
+    # with categorical_features="from_dtype" the trees see [ordinal-encoded categoricals, numericals]
+    column_of = np.arange(model.n_features_in_)
+    feature_categories: dict[str, list[Any]] = {}
+    preprocessor = getattr(model, "_preprocessor", None)
+    if preprocessor is not None:
+        masks = {name: np.asarray(mask, dtype=bool) for name, _, mask in preprocessor.transformers_
+                 if name != "remainder"}
+        encoded = np.flatnonzero(masks["encoder"])
+        column_of = np.concatenate([encoded, np.flatnonzero(masks["numerical"])])
+        encoder = preprocessor.named_transformers_["encoder"]
+        if names is not None:
+            for col, cats in zip(encoded, encoder.categories_):
+                # the encoder lists NaN last as a "category"; it is encoded as missing
+                feature_categories[names[col]] = [c for c in cats if not (isinstance(c, float) and math.isnan(c))]
     trees = []
     for (predictor,) in predictors:
         nodes = predictor.nodes
@@ -442,7 +457,7 @@ def _from_sklearn_hist_gradient_boosting(model: Any) -> TreeEnsemble:
         trees.append(TreeTable(
             left=np.where(is_leaf, -1, nodes["left"].astype(np.int64)),
             right=np.where(is_leaf, -1, nodes["right"].astype(np.int64)),
-            feature=nodes["feature_idx"].astype(np.int64),
+            feature=column_of[nodes["feature_idx"].astype(np.int64)],
             threshold=nodes["num_threshold"].astype(np.float64),
             kind=np.where(is_cat, KIND_CAT, KIND_LE).astype(np.int8),
             default_left=nodes["missing_go_to_left"].astype(bool),
@@ -455,8 +470,9 @@ def _from_sklearn_hist_gradient_boosting(model: Any) -> TreeEnsemble:
     classifier = is_classifier(model)
     return build_ensemble(
         trees, base_offset=float(np.asarray(model._baseline_prediction).ravel()[0]),
-        n_features=int(model.n_features_in_), feature_names=_sklearn_names(model), input_float32=False,
+        n_features=int(model.n_features_in_), feature_names=names, input_float32=False,
         output_space=OUTPUT_LOG_ODDS if classifier else OUTPUT_RAW, family="sklearn",
+        feature_categories=feature_categories,
     )
 
 
