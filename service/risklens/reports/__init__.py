@@ -1,0 +1,6 @@
+"""Batch audit runs over whole claims tables, and the audit report built from them."""
+
+from risklens.reports._runner import AuditRunConfig, AuditRunResult, run_audit, run_summary
+from risklens.reports._table import ClaimsTable, read_claims_table
+
+__all__ = ["AuditRunConfig", "AuditRunResult", "ClaimsTable", "read_claims_table", "run_audit", "run_summary"]

@@ -1,0 +1,357 @@
+"""Batch audit runs: explain every row of a claims table in chunks, resumably, on one or many workers.
+
+Layout of an output directory::
+
+    run.json            what the run is (model, data hash, options): a rerun must match it to resume
+    checkpoint.json     progress for people and tools (chunks done, rows explained / rejected)
+    chunks/             one committed Parquet file per chunk, plus its rejects
+    claims.parquet      every explained claim, one row each, in source order (written at the end)
+    rejects.csv         every row that failed schema validation, with the field and the reason
+    report.html         the audit report (see ``risklens.reports.build_report``)
+
+Commit protocol for a chunk::
+
+    worker: write rejects-N.parquet          (idempotent: the same rows fail the same way)
+    worker: write chunk-N.pending.parquet    (tmp file + rename, so it is whole or absent)
+    worker: record the chunk's audit entries (one transaction)
+    driver: rename to chunk-N.parquet        (the commit point)
+
+A rerun treats ``chunk-N.parquet`` as done. A ``.pending`` file whose receipts are in the audit
+trail was recorded before the kill and is committed; otherwise it is discarded and the chunk redone.
+So every claim ends up explained and recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from risklens.core import ExplainService, library_versions
+from risklens.errors import InvalidRequest, ReceiptNotFound
+from risklens.registry import LoadedModel, ModelRegistry
+from risklens.reports._table import ClaimsTable, read_claims_table
+from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, explain_chunk
+from risklens.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.json"
+CHUNKS_DIR = "chunks"
+CLAIMS_FILE = "claims.parquet"
+REJECTS_FILE = "rejects.csv"
+DEFAULT_SAMPLE = 200
+DEFAULT_CHUNK_SIZE = 500
+
+
+@dataclass(frozen=True)
+class AuditRunConfig:
+    """One batch audit run. ``methods=None``: every extra method the model supports, on the sample."""
+
+    model: str
+    data: Path
+    out: Path
+    models_dir: Path = Path("models")
+    version: str = ""
+    scheduler: str = "local"  # "local" (processes on this machine) or a Dask scheduler "tcp://host:port"
+    workers: int = 1
+    methods: tuple[str, ...] | None = None
+    sample: int = DEFAULT_SAMPLE  # rows that get the extra methods; 0 = every row
+    label_column: str | None = None
+    id_column: str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    seed: int = 0  # picks the sample; per-claim seeds come from the receipts as usual
+    top_k: int = 0
+    device: str = ""
+    lime_samples: int = 0
+    audit_url: str | None = None  # None: the settings' audit store
+    record_audit: bool = True
+    progress: bool = True
+    report: bool = True
+
+
+@dataclass
+class AuditRunResult:
+    out: Path
+    claims_path: Path
+    rejects_path: Path
+    report_path: Path | None
+    explained: int
+    rejected: int
+    chunks_total: int
+    chunks_resumed: int  # chunks already done (or recovered) when this invocation started
+    seconds: float
+    claims_per_second: float  # rows handled by this invocation / its explain time
+    chain_head: tuple[int, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Whole file or the previous one: a tmp file, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _identity(config: AuditRunConfig, model: LoadedModel, table: ClaimsTable, methods: tuple[str, ...]) -> dict:
+    """What must be equal for a rerun to continue this run (anything else would mix two runs)."""
+    return {
+        "model": model.name, "version": model.version, "model_sha256": model.manifest.sha256,
+        "data": str(Path(config.data).resolve()), "data_sha256": table.data_sha256, "rows": len(table),
+        "chunk_size": config.chunk_size, "methods": list(methods), "sample": config.sample,
+        "seed": config.seed, "top_k": config.top_k, "device": config.device, "lime_samples": config.lime_samples,
+        "label_column": config.label_column, "id_column": config.id_column, "record_audit": config.record_audit,
+    }
+
+
+def _claim_run(out: Path, identity: dict, extra: dict) -> None:
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        differing = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+        if differing:
+            raise InvalidRequest(f"{out} holds a different audit run (differs in {differing}); "
+                                 f"use a new --out directory to start another run", field="out")
+        return
+    _atomic_write_bytes(run_file, json.dumps({"identity": identity, **extra}, indent=2).encode())
+
+
+def _extra_methods(config: AuditRunConfig, service: ExplainService, model: LoadedModel) -> tuple[str, ...]:
+    if config.methods is None:
+        wanted = [m for m in service.supported_methods(model) if m != "shap"]
+    else:
+        wanted = [m for m in config.methods if m.strip()]
+    # Validates names and support now, before any work: unknown or unsupported methods fail the run.
+    return tuple(m for m in service.resolve_methods(model, wanted) if m != "shap")
+
+
+def _sample_mask(n: int, sample: int, seed: int, methods: tuple[str, ...]) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    if not methods:
+        return mask
+    if sample <= 0 or sample >= n:
+        mask[:] = True
+    else:
+        mask[np.random.default_rng(seed).choice(n, size=sample, replace=False)] = True
+    return mask
+
+
+def _audit_url(config: AuditRunConfig, settings: Settings) -> str | None:
+    if not config.record_audit or not settings.audit_enabled:
+        return None
+    return config.audit_url or settings.resolved_audit_url()
+
+
+def _recover_pending(out: Path, store: Any) -> int:
+    """Commit pending chunks whose audit records exist; discard the others. Returns chunks committed."""
+    committed = 0
+    for pending in sorted((out / CHUNKS_DIR).glob("chunk-*.pending.parquet")):
+        final = pending.with_name(pending.name.replace(".pending", ""))
+        receipts = pq.read_table(pending, columns=["receipt_id"]).column(0).to_pylist() \
+            if "receipt_id" in pq.read_schema(pending).names else []
+        recorded = True
+        if store is not None and receipts:
+            try:
+                store.get(receipts[0])  # a chunk's records are one transaction: one present, all present
+            except ReceiptNotFound:
+                recorded = False
+        if recorded:
+            os.replace(pending, final)
+            committed += 1
+        else:
+            pending.unlink()
+    for stale in (out / CHUNKS_DIR).glob("*.tmp"):
+        stale.unlink()
+    return committed
+
+
+def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int) -> Iterator[ChunkOutcome]:
+    """Chunks explained in this process (one local worker) or on Dask workers, as they finish."""
+    if not tasks:
+        return
+    if scheduler == "local" and workers <= 1:
+        for task in tasks:
+            yield explain_chunk(task)
+        return
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.WARNING)
+        client = Client(cluster)
+    elif scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        cluster = None
+        client = Client(scheduler)
+    else:
+        raise InvalidRequest(f"scheduler must be 'local' or a Dask address like tcp://HOST:PORT, got {scheduler!r}",
+                             field="scheduler")
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        queue = list(tasks)
+        # Bounded in-flight work: the driver's memory holds a few chunks, not the whole table twice.
+        in_flight = as_completed([client.submit(explain_chunk, queue.pop(0), pure=False)
+                                  for _ in range(min(len(queue), 2 * n_workers))])
+        for future in in_flight:
+            outcome = future.result()
+            future.release()
+            if queue:
+                in_flight.add(client.submit(explain_chunk, queue.pop(0), pure=False))
+            yield outcome
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _write_checkpoint(out: Path, total: int, done: set[int], explained: int, rejected: int) -> None:
+    state = {"chunks_total": total, "chunks_done": len(done), "explained": explained, "rejected": rejected,
+             "complete": len(done) == total, "updated_at": datetime.now(UTC).isoformat()}
+    _atomic_write_bytes(out / CHECKPOINT_FILE, json.dumps(state, indent=2).encode())
+
+
+def _merge(out: Path, n_chunks: int) -> tuple[int, int]:
+    """claims.parquet and rejects.csv from the committed chunks, in source row order."""
+    tables = [pq.read_table(chunk_file(out, i)) for i in range(n_chunks)]
+    tables = [t for t in tables if t.num_rows]
+    if tables:
+        claims = pa.concat_tables(tables, promote_options="default")
+        claims = claims.sort_by("row")
+    else:
+        claims = pa.table({"row": pa.array([], pa.int64())})
+    pq.write_table(claims, out / CLAIMS_FILE)
+    rejects = [pd.read_parquet(chunk_file(out, i, "rejects")) for i in range(n_chunks)]
+    rejects_frame = pd.concat([r for r in rejects if len(r)] or [rejects[0]], ignore_index=True)
+    rejects_frame = rejects_frame.sort_values("row", kind="stable")
+    rejects_frame.to_csv(out / REJECTS_FILE, index=False)
+    return claims.num_rows, len(rejects_frame)
+
+
+def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> AuditRunResult:
+    """Explain every row of ``config.data`` with ``config.model``; resumable in ``config.out``."""
+    settings = settings or Settings()
+    if config.chunk_size < 1:
+        raise InvalidRequest("chunk size must be at least 1", field="chunk_size")
+    if config.workers < 1:
+        raise InvalidRequest("workers must be at least 1", field="workers")
+    out = Path(config.out)
+    (out / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
+    models_dir = Path(config.models_dir).resolve()
+    registry = ModelRegistry.from_directory(models_dir)
+    service = ExplainService(registry, settings)
+    model = registry.get(config.model, config.version)
+    methods = _extra_methods(config, service, model)
+    table = read_claims_table(Path(config.data), model.manifest, id_column=config.id_column,
+                              label_column=config.label_column)
+    identity = _identity(config, model, table, methods)
+    _claim_run(out, identity, {"created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
+                               "workers": config.workers, "ignored_columns": table.ignored_columns,
+                               "models_dir": str(models_dir), "library_versions": library_versions(),
+                               "settings": {"top_k": config.top_k or settings.top_k,
+                                            "device": config.device or settings.device,
+                                            "agreement_threshold": settings.agreement_threshold}})
+    audit_url = _audit_url(config, settings)
+    store = None
+    if audit_url:
+        from risklens.audit import open_store
+
+        store = open_store(audit_url)
+    try:
+        return _run(config, out, models_dir, model, methods, table, store, audit_url)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel, methods: tuple[str, ...],
+         table: ClaimsTable, store: Any, audit_url: str | None) -> AuditRunResult:
+    from tqdm import tqdm
+
+    n = len(table)
+    n_chunks = max(1, -(-n // config.chunk_size))
+    recovered = _recover_pending(out, store)
+    done = {i for i in range(n_chunks) if chunk_file(out, i).exists()}
+    if recovered:
+        log.info("recovered %d chunk(s) recorded just before the previous run stopped", recovered)
+    sampled = _sample_mask(n, config.sample, config.seed, methods)
+    labels = table.labels
+
+    def task(index: int) -> ChunkTask:
+        lo, hi = index * config.chunk_size, min(n, (index + 1) * config.chunk_size)
+        return ChunkTask(
+            index=index, models_dir=str(models_dir), model=model.name, version=model.version,
+            features=table.features.iloc[lo:hi], claim_ids=table.claim_ids[lo:hi],
+            labels=None if labels is None else labels[lo:hi].tolist(), sampled=sampled[lo:hi].tolist(),
+            methods=methods, top_k=config.top_k, device=config.device, lime_samples=config.lime_samples,
+            out_dir=str(out.resolve()), audit_url=audit_url)
+
+    def rows_in(index: int) -> int:
+        return min(n, (index + 1) * config.chunk_size) - index * config.chunk_size
+
+    todo = [i for i in range(n_chunks) if i not in done]
+    resumed = len(done)
+    explained = rejected = 0
+    for i in done:
+        explained += pq.read_metadata(chunk_file(out, i)).num_rows
+        rejected += pq.read_metadata(chunk_file(out, i, "rejects")).num_rows
+    if resumed:
+        log.info("resuming: %d of %d chunks already done", resumed, n_chunks)
+    started = time.perf_counter()
+    handled = 0
+    bar = tqdm(total=n, initial=sum(rows_in(i) for i in done), unit="claim", unit_scale=True, smoothing=0.1,
+               desc=f"explaining {model.name}", disable=not config.progress, dynamic_ncols=True)
+    try:
+        for outcome in _iter_outcomes([task(i) for i in todo], config.scheduler, config.workers):
+            os.replace(chunk_file(out, outcome.index, suffix=".pending.parquet"), chunk_file(out, outcome.index))
+            done.add(outcome.index)
+            explained += outcome.explained
+            rejected += outcome.rejected
+            handled += rows_in(outcome.index)
+            bar.update(rows_in(outcome.index))
+            bar.set_postfix(rejected=rejected, refresh=False)
+            _write_checkpoint(out, n_chunks, done, explained, rejected)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    n_claims, n_rejects = _merge(out, n_chunks)
+    _write_checkpoint(out, n_chunks, done, n_claims, n_rejects)
+    head = store.head() if store is not None else None
+    summary = {"explained": n_claims, "rejected": n_rejects, "chunks": n_chunks,
+               "finished_at": datetime.now(UTC).isoformat(),
+               "chain_head": {"sequence": head[0], "hash": head[1]} if head else None,
+               "audit_store": type(store).__name__ if store is not None else None,
+               "sampled_rows": int(sampled.sum()), "methods": list(methods)}
+    _atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    result = AuditRunResult(out=out, claims_path=out / CLAIMS_FILE, rejects_path=out / REJECTS_FILE,
+                            report_path=None, explained=n_claims, rejected=n_rejects, chunks_total=n_chunks,
+                            chunks_resumed=resumed, seconds=seconds,
+                            claims_per_second=handled / seconds if seconds > 0 and handled else 0.0,
+                            chain_head=head)
+    log.info("audit run done: %d explained, %d rejected, %.1f claims/s", n_claims, n_rejects,
+             result.claims_per_second)
+    if config.report:
+        from risklens.reports._report import build_report
+
+        result.report_path = build_report(out, registry_dir=models_dir, table=table)
+    return result
+
+
+def run_summary(out: Path) -> dict[str, Any]:
+    """run.json and summary.json of a finished run, merged (for the report and tools)."""
+    run = json.loads((Path(out) / RUN_FILE).read_text())
+    summary_file = Path(out) / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return {**run, "summary": summary}
+
+

@@ -1,0 +1,200 @@
+"""What one worker does with one chunk of claims: the core's ``explain_batch``, then the chunk's files.
+
+Runs in the driver process (one worker), in local worker processes, or on Dask workers: everything
+it needs travels in a ``ChunkTask`` (plain, picklable data); the model is loaded from ``models_dir``
+once per worker process and the audit store opened once per process. The worker writes the chunk's
+rejects and its *pending* results file, then records the chunk's audit entries (built by the core)
+in one transaction; the driver commits the chunk by renaming the pending file. Recording on the
+workers keeps the audit trail's per-record cost off the driver, so it scales with the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from risklens.core import ClaimInput, ExplainOptions, ExplainService, Explanation
+from risklens.errors import RiskLensError
+from risklens.registry import ModelRegistry, frame_to_claims
+from risklens.settings import Settings
+
+# Flat per-claim columns: a contribution column per feature is "<method>__<feature>".
+CONTRIBUTION_SEPARATOR = "__"
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    index: int
+    models_dir: str
+    model: str
+    version: str
+    features: pd.DataFrame  # normalised feature values, index = source row positions
+    claim_ids: list[str]
+    labels: list[float] | None
+    sampled: list[bool]  # rows that also get the extra methods
+    methods: tuple[str, ...]  # extra methods for sampled rows ("shap" always runs)
+    top_k: int = 0
+    device: str = ""
+    lime_samples: int = 0
+    seed: int | None = None
+    out_dir: str = ""  # where the chunk's files go (shared storage when workers run elsewhere)
+    audit_url: str | None = None  # None: no audit records
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    index: int
+    explained: int
+    rejected: int
+
+
+class _EntryCollector:
+    """Stands in for the audit store inside a worker: keeps what the core records, per thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def record(self, entries: list[Any]) -> list[int]:
+        kept = self._pending()
+        kept.extend(entries)
+        return list(range(len(kept) - len(entries), len(kept)))
+
+    def _pending(self) -> list[Any]:
+        if not hasattr(self._local, "entries"):
+            self._local.entries = []
+        return self._local.entries
+
+    def take(self) -> list[Any]:
+        taken, self._local.entries = self._pending(), []
+        return taken
+
+
+# Chunks are sized by the run, not by the server's request limit.
+_BATCH_LIMIT = 1_000_000
+_services: dict[str, tuple[ExplainService, _EntryCollector]] = {}
+_stores: dict[str, Any] = {}
+_cache_lock = threading.Lock()
+
+
+def _service(models_dir: str) -> tuple[ExplainService, _EntryCollector]:
+    """One service per worker process and models directory: explainers are built once, then reused."""
+    with _cache_lock:
+        if models_dir not in _services:
+            collector = _EntryCollector()
+            settings = Settings(models_dir=models_dir, max_batch_size=_BATCH_LIMIT)
+            _services[models_dir] = (ExplainService(ModelRegistry.from_directory(settings.models_dir), settings,
+                                                    audit=collector), collector)
+        return _services[models_dir]
+
+
+def _store(url: str) -> Any:
+    from risklens.audit import open_store
+
+    with _cache_lock:
+        if url not in _stores:
+            _stores[url] = open_store(url)
+        return _stores[url]
+
+
+def chunk_file(out_dir: Path, index: int, kind: str = "chunk", suffix: str = ".parquet") -> Path:
+    return Path(out_dir) / "chunks" / f"{kind}-{index:06d}{suffix}"
+
+
+def atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write whole or not at all: a tmp file, fsync, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _method_columns(explanation: Explanation, feature_names: list[str]) -> dict[str, Any]:
+    """Extra methods' results: their proto bytes (full detail for the report) and a few flat columns."""
+    columns: dict[str, Any] = {}
+    for method in explanation.method_results:
+        message = getattr(explanation.response, method)
+        columns[f"{method}_result"] = message.SerializeToString()
+        if method == "lime":
+            weights = {name: 0.0 for name in feature_names}
+            for weight in message.weights:
+                if weight.feature in weights:
+                    weights[weight.feature] += weight.weight
+            columns.update({f"lime{CONTRIBUTION_SEPARATOR}{n}": w for n, w in weights.items()})
+            columns["lime_stability"] = message.stability
+            columns["lime_fit_score"] = message.fit_score
+        elif method == "ebm":
+            terms = {name: 0.0 for name in feature_names}
+            for term in message.terms:
+                if len(term.features) == 1 and term.features[0] in terms:
+                    terms[term.features[0]] += term.contribution
+            columns.update({f"ebm{CONTRIBUTION_SEPARATOR}{n}": w for n, w in terms.items()})
+        elif method == "agreement":
+            columns["agreement_min"] = min((p.agreement for p in message.pairs), default=np.nan)
+            columns["agreement_disagree"] = message.disagree
+    return columns
+
+
+def _result_row(explanation: Explanation, row: int, label: float | None, feature_names: list[str]) -> dict[str, Any]:
+    values = {feature: shap for feature, _, shap in explanation.contributions}
+    record: dict[str, Any] = {
+        "row": row, "claim_id": explanation.claim_id, "receipt_id": explanation.receipt_id,
+        "model": explanation.model.name, "model_version": explanation.model.version,
+        "score": explanation.score, "raw_score": explanation.raw_score, "base_value": explanation.base_value,
+        "threshold": explanation.threshold, "decision": explanation.decision,
+        "reason_codes": [c.code for c in explanation.reason_codes],
+        "reason_texts": [c.text for c in explanation.reason_codes],
+        "rationale": explanation.rationale, "seed": explanation.seed, "shap_engine": explanation.shap_engine,
+        "device": explanation.device, "methods": ",".join(explanation.methods),
+    }
+    if label is not None:
+        record["label"] = label
+    record.update({f"shap{CONTRIBUTION_SEPARATOR}{name}": values[name] for name in feature_names})
+    record.update(_method_columns(explanation, feature_names))
+    return record
+
+
+def explain_chunk(task: ChunkTask) -> ChunkOutcome:
+    """Explain one chunk with the core and write its pending files; per-row errors become rejects."""
+    service, collector = _service(task.models_dir)
+    model = service.registry.get(task.model, task.version)
+    feature_names = model.manifest.feature_names
+    claims = frame_to_claims(task.features)
+    rows = task.features.index.to_list()
+    sampled = np.asarray(task.sampled, dtype=bool)
+    base = dict(top_k=task.top_k, device=task.device, lime_samples=task.lime_samples, seed=task.seed)
+    outcomes: list[Explanation | RiskLensError | None] = [None] * len(claims)
+    collector.take()  # nothing from an earlier, failed call may leak into this chunk's entries
+    # Two calls at most: SHAP-only rows, and the sampled rows with the extra methods.
+    for selected, methods in ((~sampled, ()), (sampled, task.methods)):
+        positions = np.flatnonzero(selected)
+        if not len(positions):
+            continue
+        batch = [ClaimInput(claims[p], task.claim_ids[p]) for p in positions]
+        explained = service.explain_batch(task.model, batch, version=task.version,
+                                          options=ExplainOptions(methods=methods, **base))
+        for p, outcome in zip(positions, explained):
+            outcomes[p] = outcome
+    entries = collector.take()
+    results, rejects = [], []
+    for p, outcome in enumerate(outcomes):
+        if isinstance(outcome, RiskLensError):
+            rejects.append({"row": rows[p], "claim_id": task.claim_ids[p], "code": outcome.code,
+                            "field": outcome.field or "", "reason": outcome.message})
+        else:
+            label = task.labels[p] if task.labels is not None else None
+            results.append(_result_row(outcome, rows[p], label, feature_names))
+    out = Path(task.out_dir)
+    # Order matters for resume: rejects, then the whole pending file, then the audit records.
+    atomic_parquet(pd.DataFrame(rejects, columns=["row", "claim_id", "code", "field", "reason"]),
+                   chunk_file(out, task.index, "rejects"))
+    atomic_parquet(pd.DataFrame(results), chunk_file(out, task.index, suffix=".pending.parquet"))
+    if task.audit_url and entries:
+        _store(task.audit_url).record(entries)
+    return ChunkOutcome(task.index, len(results), len(rejects))
