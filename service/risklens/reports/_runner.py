@@ -80,6 +80,7 @@ class AuditRunConfig:
     record_audit: bool = True
     progress: bool = True
     report: bool = True
+    pdf: bool = False  # also print report.pdf when Chromium is installed
 
 
 @dataclass
@@ -343,7 +344,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
     if config.report:
         from risklens.reports._report import build_report
 
-        result.report_path = build_report(out, registry_dir=models_dir, table=table)
+        result.report_path = build_report(out, registry_dir=models_dir, table=table, pdf=config.pdf)
     return result
 
 

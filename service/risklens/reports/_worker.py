@@ -77,20 +77,24 @@ class _EntryCollector:
 
 # Chunks are sized by the run, not by the server's request limit.
 _BATCH_LIMIT = 1_000_000
-_services: dict[str, tuple[ExplainService, _EntryCollector]] = {}
+_services: dict[tuple[str, bool], tuple[ExplainService, _EntryCollector]] = {}
 _stores: dict[str, Any] = {}
 _cache_lock = threading.Lock()
 
 
-def _service(models_dir: str) -> tuple[ExplainService, _EntryCollector]:
-    """One service per worker process and models directory: explainers are built once, then reused."""
+def _service(models_dir: str, audited: bool) -> tuple[ExplainService, _EntryCollector]:
+    """One service per worker process and models directory: explainers are built once, then reused.
+
+    Without an audit trail the service gets no collector, so the core builds no audit entries.
+    """
+    key = (models_dir, audited)
     with _cache_lock:
-        if models_dir not in _services:
+        if key not in _services:
             collector = _EntryCollector()
             settings = Settings(models_dir=models_dir, max_batch_size=_BATCH_LIMIT)
-            _services[models_dir] = (ExplainService(ModelRegistry.from_directory(settings.models_dir), settings,
-                                                    audit=collector), collector)
-        return _services[models_dir]
+            _services[key] = (ExplainService(ModelRegistry.from_directory(settings.models_dir), settings,
+                                             audit=collector if audited else None), collector)
+        return _services[key]
 
 
 def _store(url: str) -> Any:
@@ -162,7 +166,7 @@ def _result_row(explanation: Explanation, row: int, label: float | None, feature
 
 def explain_chunk(task: ChunkTask) -> ChunkOutcome:
     """Explain one chunk with the core and write its pending files; per-row errors become rejects."""
-    service, collector = _service(task.models_dir)
+    service, collector = _service(task.models_dir, task.audit_url is not None)
     model = service.registry.get(task.model, task.version)
     feature_names = model.manifest.feature_names
     claims = frame_to_claims(task.features)
