@@ -21,6 +21,8 @@ app.add_typer(models_app, name="models")
 from risklens.audit.cli import audit_app  # noqa: E402 - the audit commands live with the audit package
 
 app.add_typer(audit_app, name="audit")
+from risklens.reports.cli import audit_run  # noqa: E402 - batch audit runs live with the reports package
+audit_app.command("run")(audit_run)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -116,6 +118,93 @@ def models_list(
         typer.echo(f"{man.name:<20} {man.version:<10} {man.framework:<9} {m.kind:<8} "
                    f"{len(man.features):>3} features  sha256 {man.sha256[:16]}  {man.description}")
 
+
+
+@models_app.command("add")
+def models_add(
+    model_file: Annotated[Path, typer.Argument(help="Trained model: XGBoost .json/.ubj, LightGBM .txt, or a "
+                                               ".joblib scikit-learn estimator/Pipeline or interpret EBM "
+                                               "(joblib files are unpickled: only use files you trust).")],
+    data: Annotated[Path, typer.Option(help="Sample of raw claims (.csv or .parquet): background sample, "
+                                            "schema, PDP grids and the EBM surrogate come from it.")],
+    name: Annotated[str, typer.Option(help="Model name (also the directory name under --models).")],
+    version: Annotated[str, typer.Option(help="Model version, e.g. 1.0.0.")] = "1.0.0",
+    label: Annotated[Optional[str], typer.Option(help="0/1 target column in --data / --holdout (dropped from "
+                                                      "the features).")] = None,
+    holdout: Annotated[Optional[Path], typer.Option(help="Labelled hold-out claims the model was not trained "
+                                                         "on (permutation importance, surrogate fidelity).")] = None,
+    holdout_fraction: Annotated[float, typer.Option(help="Without --holdout: share of --data rows (with "
+                                                         "--label) held out instead.")] = 0.25,
+    schema: Annotated[Optional[Path], typer.Option(help="YAML list of feature specs; default: inferred from "
+                                                        "the data (review it in manifest.yaml).")] = None,
+    categorical_encoding: Annotated[str, typer.Option(help="How inferred categoricals reach non-pipeline "
+                                                           "models: onehot or ordinal.")] = "onehot",
+    framework: Annotated[str, typer.Option(help="How to read MODEL_FILE: auto (by suffix), xgboost, lightgbm, "
+                                                "sklearn or ebm.")] = "auto",
+    threshold: Annotated[float, typer.Option(help="Referral threshold on the score.")] = 0.5,
+    description: Annotated[str, typer.Option(help="One line shown in rationales and model lists.")] = "",
+    reason_codes: Annotated[Optional[Path], typer.Option(help="Reason-code catalogue YAML; default: a stub "
+                                                             "(every feature gets a generic code).")] = None,
+    models: Annotated[Path, typer.Option(help="Directory holding one sub-directory per model.")] = Path("models"),
+    seed: Annotated[int, typer.Option(help="Seed for sampling, the surrogate and permutation importance.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory.")] = False,
+) -> None:
+    """Register a trained model: write models/NAME with manifest + sha256, schema, background sample,
+    PDP grids, EBM surrogate (with its fidelity), permutation importance and a reason-code stub."""
+    import yaml
+    from tqdm import tqdm
+
+    from risklens.errors import RiskLensError
+    from risklens.registry import FeatureSpec, infer_schema
+    from risklens.registry.registration import REGISTRATION_STEPS, read_model_file, read_table, register_model
+
+    _setup_logging(False)
+    directory = models / name
+    if directory.exists() and any(directory.iterdir()) and not force:
+        typer.echo(f"{directory} already exists; pass --force to replace it", err=True)
+        raise typer.Exit(1)
+    try:
+        frame = read_table(data)
+        hold = None
+        if label is not None:
+            if label not in frame.columns:
+                raise typer.BadParameter(f"--label {label!r} is not a column of {data}")
+            if holdout is not None:
+                hold_frame = read_table(holdout)
+                hold = (hold_frame.drop(columns=[label]), hold_frame[label].astype(int))
+            else:
+                held = frame.sample(frac=holdout_fraction, random_state=seed)
+                hold = (held.drop(columns=[label]), held[label].astype(int))
+                frame = frame.drop(index=held.index)
+            frame = frame.drop(columns=[label])
+        if schema is not None:
+            raw = yaml.safe_load(schema.read_text())
+            features = [FeatureSpec.model_validate(f) for f in (raw.get("features", raw) if isinstance(raw, dict) else raw)]
+        else:
+            features = infer_schema(frame, categorical_encoding=categorical_encoding)
+        catalogue = yaml.safe_load(reason_codes.read_text()) if reason_codes is not None else None
+        estimator = read_model_file(model_file, framework)
+        with tqdm(total=len(REGISTRATION_STEPS), unit="step", desc="registering", file=sys.stderr) as bar:
+            started: list[str] = []
+
+            def progress(step: str) -> None:
+                if started:  # the previous step is done
+                    bar.update(1)
+                started.append(step)
+                bar.set_description(step)
+
+            manifest = register_model(directory, estimator, frame, name=name, version=version, holdout=hold,
+                                      features=features, reason_codes=catalogue, threshold=threshold,
+                                      description=description, seed=seed, progress=progress)
+            bar.update(1)
+    except RiskLensError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"registered {manifest.name} {manifest.version} ({manifest.framework}) in {directory}: "
+               f"sha256 {manifest.sha256[:16]}, {len(manifest.features)} features, "
+               f"artifacts {', '.join(sorted(manifest.artifacts)) or 'none'}")
+    if schema is None:
+        typer.echo(f"the schema was inferred from {data}: review the features in {directory / 'manifest.yaml'}")
 
 if __name__ == "__main__":
     app()
