@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,10 @@ def fit_surrogate(model: LoadedModel, train: pd.DataFrame, evaluate: pd.DataFram
     surrogate = ExplainableBoostingRegressor(
         interactions=settings.surrogate_interactions, outer_bags=settings.surrogate_outer_bags,
         n_jobs=1, random_state=seed)
-    surrogate.fit(train, model_logits(model, train))
+    with warnings.catch_warnings():
+        # interpret warns that its plots hide missing values; the surrogate scores them all the same.
+        warnings.filterwarnings("ignore", message="Missing values detected", category=UserWarning)
+        surrogate.fit(train, model_logits(model, train))
     evaluate = evaluate[names].reset_index(drop=True)
     truth = model_logits(model, evaluate)
     approx = np.asarray(surrogate.predict(evaluate), dtype="float64")
@@ -344,3 +348,41 @@ def register_model(
     manifest.artifacts.update(artifacts)
     manifest.write(directory)
     return manifest
+
+
+# ---------------------------------------------------------------------------- files, for ``risklens models add``
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame (text columns stay text)."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if path.suffix.lower() in (".csv", ".txt"):
+        return pd.read_csv(path)
+    raise InvalidRequest(f"{path} is neither .csv nor .parquet", field="data")
+
+
+def read_model_file(path: Path, framework: str = "auto") -> Any:
+    """A trained model from disk: XGBoost JSON/UBJ, LightGBM text, or a joblib file (scikit-learn
+    estimator or Pipeline, interpret EBM). Unpickling runs code: only pass files you trust."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if framework == "auto":
+        framework = {".json": "xgboost", ".ubj": "xgboost", ".txt": "lightgbm"}.get(suffix, "joblib")
+    if framework == "xgboost":
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        booster.load_model(str(path))
+        return booster
+    if framework == "lightgbm":
+        import lightgbm as lgb
+
+        return lgb.Booster(model_file=str(path))
+    if framework in ("joblib", "sklearn", "ebm"):
+        import joblib
+
+        return joblib.load(path)
+    raise InvalidRequest(f"unknown framework {framework!r}; use auto, xgboost, lightgbm, sklearn or ebm",
+                         field="framework")
