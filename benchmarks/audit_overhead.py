@@ -1,0 +1,205 @@
+"""Audit trail overhead: Explain over gRPC with the audit trail on vs off, and store.record() alone.
+
+Starts `risklens serve` twice on free loopback ports (RISKLENS_AUDIT_ENABLED true / false, SQLite
+store with WAL + synchronous=FULL), then for each: N sequential Explain calls (p50/p99), and 16
+concurrent clients (p50/p99 per call, throughput). Rounds alternate between the two servers so
+background load hits both alike. Also times AuditStore.record() of one real explanation in-process.
+
+    python benchmarks/audit_overhead.py [--calls 400] [--concurrent-calls 50] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENTS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(audit: bool, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "RISKLENS_AUDIT_ENABLED": "true" if audit else "false", "RISKLENS_WORKERS": str(CLIENTS)}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "risklens"), "serve", "--models",
+                                str(REPO / "models"), "--port", str(port), "--data-dir", str(data_dir)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=120)
+    return process, target
+
+
+def requests(count: int, seed: int) -> list:  # list[risklens_pb2.ExplainRequest]
+    from risklens.datasets import generate_claims
+    from risklens.v1 import risklens_pb2
+    from risklens.wire import value_to_proto
+
+    frame, _ = generate_claims(count, seed)
+    return [risklens_pb2.ExplainRequest(model="demo-xgb", claim_id=f"bench-{i}", features={
+        k: value_to_proto(v) for k, v in frame.iloc[i].to_dict().items()}) for i in range(count)]
+
+
+def sequential(target: str, batch: list) -> list[float]:
+    from risklens.v1 import risklens_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = risklens_pb2_grpc.RiskLensStub(channel)
+        timings = []
+        for request in batch:
+            began = time.perf_counter()
+            stub.Explain(request)
+            timings.append(time.perf_counter() - began)
+    return timings
+
+
+def concurrent(target: str, batch: list, per_client: int) -> tuple[list[float], float]:
+    from risklens.v1 import risklens_pb2_grpc
+
+    timings: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(CLIENTS + 1)
+
+    def client(index: int) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = risklens_pb2_grpc.RiskLensStub(channel)
+            stub.Explain(batch[index])
+            barrier.wait()
+            mine = []
+            for call in range(per_client):
+                began = time.perf_counter()
+                stub.Explain(batch[(index * per_client + call) % len(batch)])
+                mine.append(time.perf_counter() - began)
+        with lock:
+            timings.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return timings, len(timings) / (time.perf_counter() - began)
+
+
+def record_alone(calls: int) -> list[float]:
+    """AuditStore.record() of one real explanation per call (SQLite, WAL, synchronous=FULL)."""
+    from risklens.audit import AuditEntry, RedactionPolicy, new_receipt_id, open_store
+    from risklens.core import ClaimInput, ExplainService
+    from risklens.datasets import generate_claims
+    from risklens.registry import ModelRegistry
+    from risklens.v1 import risklens_pb2
+
+    registry = ModelRegistry.from_directory(REPO / "models")
+    frame, _ = generate_claims(50, 5)
+    explained = ExplainService(registry).explain_batch(
+        "demo-xgb", [ClaimInput(frame.iloc[i].to_dict()) for i in range(len(frame))])
+    policy = RedactionPolicy.from_manifest(registry.get("demo-xgb").manifest.audit)
+    with tempfile.TemporaryDirectory(dir=REPO / ".cache") as directory:
+        store = open_store(f"sqlite:///{directory}/audit.db")
+        timings = []
+        for call in range(calls):
+            source = explained[call % len(explained)]
+            response = risklens_pb2.ExplainResponse()
+            response.CopyFrom(source.response)
+            response.receipt_id = new_receipt_id()
+            entry = AuditEntry(response.receipt_id, datetime.now(UTC), response.model, source.claim, response, policy)
+            began = time.perf_counter()
+            store.record([entry])
+            timings.append(time.perf_counter() - began)
+        store.close()
+    return timings
+
+
+def stats(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=400, help="sequential calls per server")
+    parser.add_argument("--concurrent-calls", type=int, default=40, help="calls per client, 16 clients")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "audit-overhead.md")
+    args = parser.parse_args()
+    os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))
+    # The demo models' audit policy hashes a field; a benchmark-only key (servers inherit it).
+    os.environ.setdefault("RISKLENS_AUDIT_HMAC_KEY", "benchmark-hmac-key")
+    (REPO / ".cache").mkdir(exist_ok=True)
+
+    batch = requests(max(args.calls, CLIENTS * args.concurrent_calls), 99)
+    results: dict[bool, dict[str, list[float] | float]] = {
+        on: {"sequential": [], "concurrent": [], "throughput": 0.0} for on in (True, False)}
+    with tempfile.TemporaryDirectory(dir=REPO / ".cache") as on_dir, \
+            tempfile.TemporaryDirectory(dir=REPO / ".cache") as off_dir:
+        servers = {True: start(True, Path(on_dir)), False: start(False, Path(off_dir))}
+        try:
+            for target in (servers[True][1], servers[False][1]):
+                sequential(target, batch[:50])  # warm-up: loads explainers, fills caches
+            for round_index in range(args.rounds):
+                order = (True, False) if round_index % 2 == 0 else (False, True)
+                for on in order:
+                    target = servers[on][1]
+                    results[on]["sequential"] += sequential(target, batch[:args.calls // args.rounds])
+                    timings, throughput = concurrent(target, batch, args.concurrent_calls)
+                    results[on]["concurrent"] += timings
+                    results[on]["throughput"] += throughput / args.rounds
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(timeout=60)
+    alone = record_alone(args.calls)
+
+    seq_on, seq_off = stats(results[True]["sequential"]), stats(results[False]["sequential"])
+    con_on, con_off = stats(results[True]["concurrent"]), stats(results[False]["concurrent"])
+    rec = stats(alone)
+    lines = [
+        "# Audit trail overhead (SQLite, WAL, synchronous=FULL)",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} with {os.cpu_count()} cores "
+        f"({platform.python_implementation()} {platform.python_version()}), `python benchmarks/audit_overhead.py`. "
+        "Two `risklens serve` processes (audit on / off) on loopback, demo-xgb, SHAP only; rounds alternate "
+        "between them. The machine was shared with other jobs, so absolute numbers are noisy.",
+        "",
+        "| scenario | audit | p50 ms | p99 ms | throughput /s |",
+        "|---|---|---:|---:|---:|",
+        f"| sequential Explain ({len(results[True]['sequential'])} calls) | on | {seq_on[0]:.2f} | {seq_on[1]:.2f} | |",
+        f"| sequential Explain ({len(results[False]['sequential'])} calls) | off | {seq_off[0]:.2f} | {seq_off[1]:.2f} | |",
+        f"| 16 concurrent clients ({len(results[True]['concurrent'])} calls) | on | {con_on[0]:.2f} | {con_on[1]:.2f} "
+        f"| {results[True]['throughput']:.0f} |",
+        f"| 16 concurrent clients ({len(results[False]['concurrent'])} calls) | off | {con_off[0]:.2f} | "
+        f"{con_off[1]:.2f} | {results[False]['throughput']:.0f} |",
+        f"| `AuditStore.record()` alone, 1 explanation ({len(alone)} calls) | - | {rec[0]:.2f} | {rec[1]:.2f} | |",
+        "",
+        f"Added p50 latency, sequential: **{seq_on[0] - seq_off[0]:+.2f} ms** (target <= 1 ms); with 16 clients: "
+        f"{con_on[0] - con_off[0]:+.2f} ms; throughput with 16 clients: "
+        f"{100 * (results[True]['throughput'] / results[False]['throughput'] - 1):+.0f}%.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
