@@ -1,8 +1,9 @@
 """``make demo``: serve the bundled demo models on loopback and explain the example claims over gRPC.
 
 Starts a real server on a free 127.0.0.1 port, sends every ``examples/*.json`` claim to each demo model
-with the generated client, prints each explanation readably, shows what a bad claim gets back,
-and stops the server cleanly.
+with the generated client, prints each explanation readably, shows what a bad claim gets back, signs a
+checkpoint of the audit chain, exports the trail over the ExportAudit RPC and verifies the export
+offline, and stops the server cleanly.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import grpc
 
+from risklens.audit import load_or_create_signing_key, public_key_hex, verify_export, write_export
 from risklens.cli import format_explanation
 from risklens.server import start_server
 from risklens.settings import Settings
@@ -55,10 +58,24 @@ def main() -> int:
                 stub.Explain(_request(DEMO_MODELS[0], bad, "bad-claim"), timeout=30)
             except grpc.RpcError as err:
                 print(f"=== a claim with an unknown category gets: {err.code().name}: {err.details()}\n")
+            print(_export_and_verify(stub, running, settings))
     finally:
         running.stop()
     print(f"server stopped; audit trail in {settings.resolved_audit_url()}")
     return 0
+
+
+def _export_and_verify(stub: pb_grpc.RiskLensStub, running, settings: Settings) -> str:  # noqa: ANN001
+    """Sign the chain head, export the whole trail over gRPC, verify the export without the database."""
+    key = load_or_create_signing_key(settings.resolved_signing_key_path())
+    running.service.audit.checkpoint(key)
+    export_dir = settings.data_dir / "audit-export"
+    shutil.rmtree(export_dir, ignore_errors=True)
+    items = stub.ExportAudit(pb.ExportAuditRequest(), timeout=120)
+    manifest = write_export((getattr(i, i.WhichOneof("item")) for i in items), export_dir, "jsonl")
+    report = verify_export(export_dir, trusted_public_key=bytes.fromhex(public_key_hex(key)))
+    return (f"=== audit trail: {manifest.count} records exported to {export_dir}\n"
+            f"    offline verify: {report.summary()}\n")
 
 
 if __name__ == "__main__":

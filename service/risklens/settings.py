@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     audit_url: str | None = Field(
         None, description="Audit store URL: sqlite:///path or postgresql://...; default sqlite under data_dir.")
     audit_enabled: bool = Field(True, description="Record every explanation in the audit trail.")
+    audit_signing_key: Path | None = Field(
+        None, description="Ed25519 PEM key that signs chain checkpoints; default: a development key "
+                          "generated under data_dir on first use.")
+    audit_checkpoint_every: int = Field(
+        1000, ge=0, description="Sign a checkpoint of the chain head every N records (0: only on demand).")
     agreement_threshold: float = Field(
         0.5, ge=0, le=1, description="Cross-method rank agreement below which a claim is flagged.")
 
@@ -34,3 +39,6 @@ class Settings(BaseSettings):
         if self.audit_url:
             return self.audit_url
         return f"sqlite:///{(self.data_dir / 'audit.db').resolve()}"
+
+    def resolved_signing_key_path(self) -> Path:
+        return self.audit_signing_key or self.data_dir / "audit-signing-key.pem"

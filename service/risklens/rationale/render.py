@@ -16,7 +16,8 @@ _TEMPLATES = jinja2.Environment(
 
 def _sentence_case(text: str) -> str:
     """Lower-case the first letter so a code text reads inside a sentence, unless it starts an acronym."""
-    return text if text[:2].isupper() else text[:1].lower() + text[1:]
+    first_word = text.split(" ", 1)[0]
+    return text if len(first_word) > 1 and first_word.isupper() else text[:1].lower() + text[1:]
 
 
 def render_rationale(*, model_label: str, score: float, threshold: float, decision: str,

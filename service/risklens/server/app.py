@@ -29,10 +29,12 @@ def build_service(settings: Settings) -> ExplainService:
     registry = ModelRegistry.from_directory(settings.models_dir)
     audit = None
     if settings.audit_enabled:
-        from risklens.audit import open_store
+        from risklens.audit import load_or_create_signing_key, open_store
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        audit = open_store(settings.resolved_audit_url())
+        audit = open_store(settings.resolved_audit_url(),
+                           signing_key=load_or_create_signing_key(settings.resolved_signing_key_path()),
+                           checkpoint_every=settings.audit_checkpoint_every)
     return ExplainService(registry, settings, audit)
 
 
