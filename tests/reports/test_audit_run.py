@@ -1,0 +1,166 @@
+"""Batch audit runs on real data: the whole fraud_oracle table, resume after a kill, Dask, messy CSVs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from risklens.audit import open_store
+from risklens.errors import InvalidRequest, SchemaError
+from risklens.registry import ModelRegistry
+from risklens.reports import AuditRunConfig, read_claims_table, run_audit
+
+from risklens.datasets.shared import shared_data_dir
+
+SHARED = shared_data_dir()
+FRAUD_CSV = SHARED / "fraud_oracle.csv"
+INSURANCE_CSV = SHARED / "insurance_claims.csv"
+
+
+def _audited_receipts(audit_url: str) -> list[str]:
+    store = open_store(audit_url)
+    try:
+        return [r.receipt_id for r in store.records()]
+    finally:
+        store.close()
+
+
+def test_whole_fraud_oracle_table_is_explained_once_and_audited(fraud_run, fraud_models_dir):
+    out, audit_url, output = fraud_run
+    claims = pd.read_parquet(out / "claims.parquet")
+    source = pd.read_csv(FRAUD_CSV)
+    assert len(claims) == len(source) == 15420
+    assert claims["row"].tolist() == list(range(15420))
+    assert claims["claim_id"].tolist() == source["PolicyNumber"].astype(str).tolist()
+    assert claims["label"].tolist() == source["FraudFound_P"].astype(float).tolist()
+    model = ModelRegistry.from_directory(fraud_models_dir).get("fraud-oracle")
+    shap_columns = [f"shap__{name}" for name in model.manifest.feature_names]
+    # One column per contribution, adding up to the model's margin (local accuracy survives the round trip).
+    total = claims["base_value"] + claims[shap_columns].sum(axis=1)
+    np.testing.assert_allclose(total, claims["raw_score"], atol=1e-5)
+    assert set(claims["decision"]) == {"pass", "refer"}
+    assert (claims["decision"] == "refer").eq(claims["score"] >= 0.15).all()
+    assert claims["rationale"].str.len().min() > 20
+    assert claims["reason_codes"].map(len).max() > 0
+    # The extra methods ran on the 60 sampled claims only.
+    assert claims["lime_result"].notna().sum() == 60
+    assert claims["ice_result"].notna().sum() == 60
+    assert claims["shap_engine"].nunique() == 1
+    receipts = _audited_receipts(audit_url)
+    assert len(receipts) == 15420
+    assert set(receipts) == set(claims["receipt_id"])
+    assert (out / "rejects.csv").read_text().strip() == "row,claim_id,code,field,reason"
+    assert "explained 15,420 claims, rejected 0" in output
+    assert f"report   {out / 'report.html'}" in output
+
+
+def test_killed_run_resumes_without_missing_or_duplicate_claims(fraud_models_dir, tmp_path):
+    data = tmp_path / "claims.csv"
+    pd.read_csv(FRAUD_CSV).iloc[:3000].to_csv(data, index=False)
+    out = tmp_path / "run"
+    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    command = [sys.executable, "-m", "risklens.cli", "audit", "run", "--model", "fraud-oracle", "--data", str(data),
+               "--out", str(out), "--models", str(fraud_models_dir), "--chunk-size", "100", "--methods", "shap",
+               "--audit-url", audit_url, "--no-report", "--no-progress"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list((out / "chunks").glob("chunk-??????.parquet"))) < 3:
+        assert first.poll() is None, first.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run committed no chunks in time"
+        time.sleep(0.02)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    committed = len(list((out / "chunks").glob("chunk-??????.parquet")))
+    assert not (out / "claims.parquet").exists(), "the run finished before it was killed"
+    assert 3 <= committed < 30
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "of 30 chunks were already done" in second.stdout
+    resumed = int(second.stdout.split(" of 30 chunks")[0].rsplit(" ", 1)[1])
+    assert resumed >= committed
+    claims = pd.read_parquet(out / "claims.parquet")
+    assert claims["row"].tolist() == list(range(3000))
+    receipts = _audited_receipts(audit_url)
+    assert len(receipts) == len(set(receipts)) == 3000
+    assert set(receipts) == set(claims["receipt_id"])
+
+
+def test_dask_cluster_run_matches_the_local_run(fraud_run, fraud_models_dir, tmp_path):
+    from distributed import LocalCluster
+
+    data = tmp_path / "claims.csv"
+    pd.read_csv(FRAUD_CSV).iloc[:2000].to_csv(data, index=False)
+    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = run_audit(AuditRunConfig(
+            model="fraud-oracle", data=data, out=tmp_path / "run", models_dir=fraud_models_dir,
+            scheduler=cluster.scheduler_address, methods=(), chunk_size=250, audit_url=audit_url,
+            id_column="PolicyNumber", progress=False, report=False))
+    assert (result.explained, result.rejected, result.chunks_total) == (2000, 0, 8)
+    distributed = pd.read_parquet(result.claims_path)
+    local = pd.read_parquet(fraud_run[0] / "claims.parquet").iloc[:2000]
+    assert distributed["claim_id"].tolist() == local["claim_id"].tolist()
+    columns = ["score", "raw_score", *[c for c in local if c.startswith("shap__")]]
+    np.testing.assert_allclose(distributed[columns].to_numpy(), local[columns].to_numpy(), atol=1e-9)
+    assert distributed["reason_codes"].map(tuple).tolist() == local["reason_codes"].map(tuple).tolist()
+    assert len(set(_audited_receipts(audit_url))) == 2000
+
+
+def test_messy_insurance_csv_rejects_only_bad_rows_with_reasons(insurance_models_dir, tmp_path):
+    raw = pd.read_csv(INSURANCE_CSV, dtype=str, keep_default_na=False)
+    raw.loc[5, "age"] = "forty"
+    raw.loc[7, "incident_type"] = "Meteor Strike"
+    raw.loc[9, "total_claim_amount"] = ""
+    data = tmp_path / "insurance_claims.csv"
+    raw.to_csv(data, index=False)
+    result = run_audit(AuditRunConfig(
+        model="insurance", data=data, out=tmp_path / "run", models_dir=insurance_models_dir, methods=(),
+        label_column="fraud_reported", id_column="policy_number", chunk_size=300, record_audit=False,
+        progress=False, report=False))
+    assert (result.explained, result.rejected) == (len(raw) - 3, 3)
+    rejects = pd.read_csv(result.rejects_path)
+    assert rejects["row"].tolist() == [5, 7, 9]
+    assert rejects["field"].tolist() == ["age", "incident_type", "total_claim_amount"]
+    assert "must be a number" in rejects["reason"][0]
+    assert "category outside the schema" in rejects["reason"][1]
+    assert "null" in rejects["reason"][2]
+    assert set(rejects["code"]) == {"INVALID_ARGUMENT"}
+    claims = pd.read_parquet(result.claims_path)
+    assert 5 not in set(claims["row"]) and len(claims) == len(raw) - 3
+    # "?" means missing: such rows are explained (the features are nullable), Y/N labels become 1/0.
+    assert (raw["collision_type"] == "?").sum() > 100
+    assert set(claims["label"]) == {0.0, 1.0}
+    run = (tmp_path / "run" / "run.json").read_text()
+    assert "_c39" in run and "policy_bind_date" in run  # the empty trailing column and dates are ignored
+
+
+def test_table_without_a_feature_column_fails_before_any_work(insurance_models_dir, tmp_path):
+    data = tmp_path / "claims.csv"
+    pd.read_csv(INSURANCE_CSV).drop(columns=["age"]).to_csv(data, index=False)
+    model = ModelRegistry.from_directory(insurance_models_dir).get("insurance")
+    with pytest.raises(SchemaError, match="no column for feature") as raised:
+        read_claims_table(data, model.manifest)
+    assert raised.value.field == "age"
+
+
+def test_rerun_with_other_options_is_refused(fraud_run, fraud_models_dir):
+    out = fraud_run[0]
+    with pytest.raises(InvalidRequest, match="different audit run"):
+        run_audit(AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=out, models_dir=fraud_models_dir,
+                                 chunk_size=999, label_column="FraudFound_P", id_column="PolicyNumber",
+                                 record_audit=False, progress=False, report=False))
+
+
+def test_unknown_method_is_refused(fraud_models_dir, tmp_path):
+    with pytest.raises(InvalidRequest, match="unknown method"):
+        run_audit(AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,
+                                 methods=("telepathy",), record_audit=False, progress=False, report=False))
