@@ -166,7 +166,7 @@ def _shap_sections(claims: pd.DataFrame, names: list[str], features: pd.DataFram
         ax.scatter(values[shown, j], y, s=5, alpha=0.6, linewidths=0, **style)
     ax.axvline(0, color="#555", linewidth=0.8)
     ax.set_yticks(range(len(order))[::-1], labels)
-    ax.set_xlabel("SHAP contribution (colour: feature value percentile, blue low to red high; grey: category)")
+    ax.set_xlabel("SHAP contribution (colour: value percentile, blue low, red high; grey: category)")
     section.images.append(_png(fig, "beeswarm of SHAP contributions"))
     return section, top
 
@@ -414,7 +414,10 @@ def _flagged(claims: pd.DataFrame, model: LoadedModel) -> Section:
         disagree = claims["agreement_disagree"].fillna(False).astype(bool)
         reasons[disagree] = np.where(near[disagree], "methods disagree; near threshold", "methods disagree")
     flagged = claims[reasons != ""].assign(why=reasons[reasons != ""])
-    flagged = flagged.sort_values("score", ascending=False)
+    # Disagreement first (the explanation itself is in doubt), then the closest calls.
+    flagged = flagged.assign(_disagree=flagged["why"].str.startswith("methods"),
+                             _distance=(flagged["score"] - model.manifest.threshold).abs())
+    flagged = flagged.sort_values(["_disagree", "_distance"], ascending=[False, True])
     section.facts = [("Flagged", f"{len(flagged):,} of {len(claims):,} claims")]
     if not len(flagged):
         section.unavailable = "no claim met a review criterion"
