@@ -42,7 +42,7 @@ from risklens.core import ExplainService, library_versions
 from risklens.errors import InvalidRequest, ReceiptNotFound
 from risklens.registry import LoadedModel, ModelRegistry
 from risklens.reports._table import ClaimsTable, read_claims_table
-from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, explain_chunk
+from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,11 @@ def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int) -> 
     if not tasks:
         return
     if scheduler == "local" and workers <= 1:
-        for task in tasks:
-            yield explain_chunk(task)
+        try:
+            for task in tasks:
+                yield explain_chunk(task)
+        finally:
+            close_stores()
         return
     from distributed import Client, LocalCluster, as_completed
 
@@ -211,6 +214,7 @@ def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int) -> 
                 in_flight.add(client.submit(explain_chunk, queue.pop(0), pure=False))
             yield outcome
     finally:
+        client.run(close_stores)
         client.close()
         if cluster is not None:
             cluster.close()

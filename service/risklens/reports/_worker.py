@@ -106,6 +106,14 @@ def _store(url: str) -> Any:
         return _stores[url]
 
 
+def close_stores() -> None:
+    """Close this process's audit store connections (run on every worker when a run ends)."""
+    with _cache_lock:
+        for store in _stores.values():
+            store.close()
+        _stores.clear()
+
+
 def chunk_file(out_dir: Path, index: int, kind: str = "chunk", suffix: str = ".parquet") -> Path:
     return Path(out_dir) / "chunks" / f"{kind}-{index:06d}{suffix}"
 
