@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from risklens.errors import InvalidRequest
 from risklens.v1 import risklens_pb2
 
-from ._canonical import canonical_json, message_dict
+from ._canonical import canonical_message, message_dict
 from ._verify import ChainVerifier, VerifyReport
 
 ExportFormat = Literal["jsonl", "csv", "parquet"]
@@ -43,7 +43,7 @@ def _flat_row(receipt: risklens_pb2.Receipt) -> dict[str, Any]:
             "score": explanation.score if receipt.HasField("explanation") else None,
             "input_sha256": receipt.input_sha256, "body_sha256": receipt.body_sha256,
             "prev_hash": receipt.prev_hash, "record_hash": receipt.record_hash, "purged": receipt.purged,
-            "receipt_json": canonical_json(message_dict(receipt)).decode("utf-8")}
+            "receipt_json": canonical_message(receipt).decode("utf-8")}
 
 
 class AdverseNoticeWriter:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from risklens.errors import ManifestError
 from risklens.v1 import risklens_pb2
 
-from ._canonical import canonical_json, message_dict
+from ._canonical import canonical_message
 
 Action = Literal["raw", "hmac", "drop"]
 ACTIONS: tuple[str, ...] = ("raw", "hmac", "drop")
@@ -82,7 +82,7 @@ class RedactionPolicy:
         if not self.hmac_key:
             raise ManifestError(f"the audit policy stores fields as HMAC but {HMAC_KEY_ENV} is not set",
                                 field="audit")
-        digest = hmac.new(self.hmac_key, canonical_json(message_dict(value)), hashlib.sha256)
+        digest = hmac.new(self.hmac_key, canonical_message(value), hashlib.sha256)
         return risklens_pb2.Value(text=HMAC_PREFIX + digest.hexdigest())
 
     def redact_input(self, values: Mapping[str, risklens_pb2.Value]
