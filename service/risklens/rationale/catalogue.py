@@ -50,12 +50,16 @@ class Catalogue(BaseModel):
         return catalogue.completed(manifest)
 
     def completed(self, manifest: Manifest) -> "Catalogue":
-        """Every feature not grouped by a code gets a generic one, so no contribution goes unexplained."""
+        """Every feature not grouped by a code gets a generic one, so no contribution goes unexplained.
+
+        Generic texts read the value as ``claim["<name>"]``, which works for any feature name
+        (hand-written templates may use the shorter ``{{ name }}`` when the name is an identifier).
+        """
         covered = {f for spec in self.codes for f in spec.features}
         generic = [
             CodeSpec(code=f"RL_{spec.name.upper()}", features=[spec.name],
-                     raises=f"{spec.display_name} ({{{{ {spec.name} }}}}) raised the risk",
-                     lowers=f"{spec.display_name} ({{{{ {spec.name} }}}}) lowered the risk")
+                     raises=f"{spec.display_name} ({{{{ claim[{spec.name!r}] }}}}) raised the risk",
+                     lowers=f"{spec.display_name} ({{{{ claim[{spec.name!r}] }}}}) lowered the risk")
             for spec in manifest.features if spec.name not in covered
         ]
         return Catalogue(codes=[*self.codes, *generic])
@@ -96,7 +100,7 @@ def select_reason_codes(catalogue: Catalogue, manifest: Manifest, claim: dict[st
     for direction, chosen in (("raises", raising), ("lowers", lowering)):
         for weight, spec in chosen:
             template = spec.raises if direction == "raises" else spec.lowers
-            text = _compiled(template).render(**shown)
+            text = _compiled(template).render(shown, claim=shown)
             codes.append(ReasonCode(spec.code, text, direction, weight, tuple(spec.features)))
     return codes
 

@@ -1,0 +1,58 @@
+"""Reason codes and the templated rationale: deterministic, from the top contributions, in plain words."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from risklens.rationale import Catalogue, ReasonCode, format_value, render_rationale, select_reason_codes
+from risklens.registry import FeatureSpec, Manifest
+
+
+def _manifest() -> Manifest:
+    features = [FeatureSpec(name="capital-gains", type="numeric"), FeatureSpec(name="fault", type="categorical",
+                categories=["holder", "third_party"]), FeatureSpec(name="witness", type="boolean"),
+                FeatureSpec(name="age", type="numeric", nullable=True)]
+    return Manifest(name="m", version="1", framework="xgboost", artifact="a", sha256="0", features=features)
+
+
+def test_generic_codes_cover_every_feature_even_with_awkward_names():
+    manifest = _manifest()
+    catalogue = Catalogue.model_validate({"codes": [
+        {"code": "F1", "features": ["fault"], "raises": "The holder ({{ fault }}) was at fault",
+         "lowers": "A third party was at fault"}]}).completed(manifest)
+    claim = {"capital-gains": 53300.0, "fault": "holder", "witness": False, "age": None}
+    codes = select_reason_codes(catalogue, manifest, claim, np.array([0.9, 0.5, -0.2, -0.01]), top_k=2)
+    assert [(c.code, c.direction) for c in codes] == [
+        ("RL_CAPITAL-GAINS", "raises"), ("F1", "raises"), ("RL_WITNESS", "lowers"), ("RL_AGE", "lowers")]
+    assert codes[0].text == "capital-gains (53,300) raised the risk"
+    assert codes[1].text == "The holder (holder) was at fault"
+    assert codes[2].text == "witness (no) lowered the risk"
+    assert codes[3].text == "age (missing) lowered the risk"
+    assert codes[1].weight == 0.5 and codes[0].features == ("capital-gains",)
+
+
+def test_grouped_code_weight_is_the_sum_of_its_features():
+    manifest = _manifest()
+    catalogue = Catalogue.model_validate({"codes": [
+        {"code": "G", "features": ["fault", "witness"], "raises": "up", "lowers": "down"}]}).completed(manifest)
+    codes = select_reason_codes(catalogue, manifest, {"capital-gains": 1.0, "fault": "holder", "witness": True,
+                                                      "age": 3.0}, np.array([0.0, 0.4, -0.1, 0.0]), top_k=3)
+    assert [(c.code, round(c.weight, 12)) for c in codes] == [("G", 0.3)]
+
+
+def test_rationale_is_deterministic_and_states_score_decision_and_reasons():
+    codes = [ReasonCode("A", "The claim came 5 days after the policy started", "raises", 1.2, ("d",)),
+             ReasonCode("B", "NCB discount applied", "raises", 0.3, ("n",)),
+             ReasonCode("C", "A third party was at fault", "lowers", -0.4, ("f",))]
+    kwargs = dict(model_label="Claims model", score=0.8123, threshold=0.5, decision="refer", reason_codes=codes)
+    text = render_rationale(**kwargs)
+    assert text == render_rationale(**kwargs)
+    assert text.startswith("Claims model scored this claim 0.81 against a referral threshold of 0.50: refer it")
+    assert "the claim came 5 days after the policy started; NCB discount applied." in text
+    assert "What lowered the risk: a third party was at fault." in text
+    calm = render_rationale(model_label="M", score=0.1, threshold=0.5, decision="pass", reason_codes=[])
+    assert "no referral needed" in calm and "No single feature" in calm
+
+
+def test_format_value():
+    assert [format_value(v) for v in (None, True, 3.0, 1234.5, "x")] == ["missing", "yes", "3", "1,234.50", "x"]
