@@ -130,12 +130,15 @@ def test_local_accuracy_and_agreement_with_shap(trained):
     assert all(not isinstance(o, Exception) for o in outcomes), outcomes
     names = model.manifest.feature_names
     values = np.array([[dict((f, s) for f, _, s in o.contributions)[n] for n in names] for o in outcomes])
-    base = outcomes[0].base_value
-    raw = model.raw_output(rows)
-    tolerance = max(1e-6, model.estimator_adapter.output_tolerance)
-    np.testing.assert_allclose(base + values.sum(axis=1), raw, rtol=0, atol=tolerance)
-    np.testing.assert_allclose([o.raw_score for o in outcomes], raw, rtol=0, atol=1e-12)
     assert values.shape == (EXPLAINED, len(names))  # one value per original feature
+    base = outcomes[0].base_value
+    raw_scores = np.array([o.raw_score for o in outcomes])
+    # Exact local accuracy in float64 ...
+    np.testing.assert_allclose(base + values.sum(axis=1), raw_scores, rtol=0, atol=1e-6)
+    # ... and the raw score is the model's own output (XGBoost's own prediction is float32).
+    framework_raw = model.raw_output(rows)
+    np.testing.assert_allclose(raw_scores, framework_raw, rtol=0,
+                               atol=max(1e-9, model.estimator_adapter.output_tolerance))
 
     matrix = model.model_matrix(rows)
     groups = model.encoding.group_matrix(len(names))
@@ -145,7 +148,10 @@ def test_local_accuracy_and_agreement_with_shap(trained):
         reference = shap.TreeExplainer(model.estimator, feature_perturbation="tree_path_dependent")
         ref_values = np.asarray(reference.shap_values(matrix, check_additivity=False))
         ref_values = ref_values[:, :, -1] if ref_values.ndim == 3 else ref_values
-        np.testing.assert_allclose(values, ref_values @ groups, rtol=0, atol=1e-6)
+        # shap hands XGBoost models to XGBoost's own float32 contributions code: compare at that precision.
+        atol = 2e-5 * np.abs(ref_values).max() if model.manifest.framework == "xgboost" else 1e-6
+        np.testing.assert_allclose(values, ref_values @ groups, rtol=0, atol=atol)
+        assert outcomes[0].shap_engine == "risklens-treeshap"
     else:
         import shap
 

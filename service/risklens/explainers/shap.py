@@ -1,14 +1,16 @@
-"""Exact SHAP: path-dependent TreeSHAP for tree ensembles, closed-form SHAP for linear models.
+"""Exact SHAP: risklens's own TreeSHAP engine for tree ensembles, closed-form SHAP for linear models,
+exact interventional SHAP for EBMs.
 
 Attributions are computed on the model matrix and summed back to the original features (one-hot
 columns into their source feature). Local accuracy is checked on every call: base value plus the
-contributions must equal the model's raw output within ``ADDITIVITY_TOLERANCE``.
+contributions must equal the raw output within ``ADDITIVITY_TOLERANCE`` (for trees, the float64
+evaluation of the normalized trees), and that raw output must match the framework's own prediction
+at the framework's precision (XGBoost predicts in float32).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ import pandas as pd
 from risklens.errors import RiskLensError, UnsupportedModel
 from risklens.explainers.base import ExplainContext, Explainer
 from risklens.registry import LoadedModel
+from risklens.trees import TreeShap
 
 ADDITIVITY_TOLERANCE = 1e-6
 
@@ -82,17 +85,19 @@ def _additive_shap(model: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, 
     return values, base, "ebm-exact"
 
 
+def _check_close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str) -> None:
+    gap = np.abs(actual - expected)
+    if gap.size and gap.max() > max(tolerance, ADDITIVITY_TOLERANCE):
+        raise AdditivityError(f"{what}: max gap {gap.max():.3g} > {max(tolerance, ADDITIVITY_TOLERANCE)}")
+
+
 class ShapExplainer(Explainer):
     name = "shap"
 
     def __init__(self, model: LoadedModel) -> None:
         super().__init__(model)
         self._groups = model.encoding.group_matrix(len(model.manifest.features))
-        self._tree_explainer: Any = None
-        if model.kind == "tree":
-            import shap
-
-            self._tree_explainer = shap.TreeExplainer(model.estimator, feature_perturbation="tree_path_dependent")
+        self._tree: TreeShap | None = TreeShap(model.estimator) if model.kind == "tree" else None
 
     @classmethod
     def supports(cls, model: LoadedModel) -> bool:
@@ -101,29 +106,22 @@ class ShapExplainer(Explainer):
     def attributions(self, frame: pd.DataFrame, device: str = "auto") -> tuple[np.ndarray, float, np.ndarray, str, str]:
         """(values per feature (n, f), base value, raw output (n,), engine, device used)."""
         matrix = self.model.model_matrix(frame)
-        if self.model.kind == "linear":
-            column_values, base, engine = _linear_shap(self.model, matrix)
-        elif self.model.kind == "additive":
-            column_values, base, engine = _additive_shap(self.model, matrix)
+        framework_raw = self.model.raw_from_matrix(matrix)
+        used = "cpu"
+        if self._tree is not None:
+            used = self._tree.resolve_device(device)
+            column_values, base = self._tree.shap_values(matrix, device=used)
+            raw, engine = self._tree.predict_raw(matrix), "risklens-treeshap"
+            _check_close(raw, framework_raw, self.model.estimator_adapter.output_tolerance,
+                         f"tree evaluation of model {self.model.name!r} vs its framework's prediction")
+        elif self.model.kind == "linear":
+            (column_values, base, engine), raw = _linear_shap(self.model, matrix), framework_raw
         else:
-            column_values, base, engine = self._tree_shap(matrix)
-        raw = self.model.raw_from_matrix(matrix)
+            (column_values, base, engine), raw = _additive_shap(self.model, matrix), framework_raw
         values = column_values @ self._groups
-        # Local accuracy against the framework's own prediction, at that prediction's precision.
-        tolerance = max(ADDITIVITY_TOLERANCE, self.model.estimator_adapter.output_tolerance)
-        gap = np.abs(base + values.sum(axis=1) - raw)
-        if gap.size and gap.max() > tolerance:
-            raise AdditivityError(
-                f"SHAP local accuracy failed for model {self.model.name!r}: max |base + sum - raw| = "
-                f"{gap.max():.3g} > {tolerance}")
-        return values, base, raw, engine, "cpu"
-
-    def _tree_shap(self, matrix: np.ndarray) -> tuple[np.ndarray, float, str]:
-        values = np.asarray(self._tree_explainer.shap_values(matrix, check_additivity=False), dtype="float64")
-        base = np.atleast_1d(np.asarray(self._tree_explainer.expected_value, dtype="float64"))
-        if values.ndim == 3:  # (rows, columns, classes): explain the positive class
-            values = values[:, :, -1]
-        return values, float(base[-1]), "shap-tree"
+        _check_close(base + values.sum(axis=1), raw, ADDITIVITY_TOLERANCE,
+                     f"SHAP local accuracy (base + sum vs raw output) of model {self.model.name!r}")
+        return values, base, raw, engine, used
 
     def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[ShapResult]:
         values, base, raw, engine, device = self.attributions(frame, context.device)

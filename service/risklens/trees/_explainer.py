@@ -173,7 +173,8 @@ class TreeShap:
                 raise SchemaError(f"{name} column {col!r} is not numeric (dtype {series.dtype})", field=str(col))
         return np.column_stack(columns) if columns else np.zeros((len(frame), 0))
 
-    def _resolve_device(self, device: str) -> str:
+    def resolve_device(self, device: str) -> str:
+        """The device a call with ``device`` ("auto", "cpu" or "gpu") runs on; raises if "gpu" is unavailable."""
         if device not in _DEVICES:
             raise InvalidRequest(f"device must be one of {_DEVICES}, got {device!r}", field="device")
         if device == "cpu":
@@ -195,7 +196,7 @@ class TreeShap:
 
     def shap_values(self, X: Any, device: str = "auto") -> tuple[np.ndarray, float]:
         """SHAP values (n_rows, n_features) float64 and the base value."""
-        resolved = self._resolve_device(device)
+        resolved = self.resolve_device(device)
         Xm = self._as_matrix(X)
         if self.background is not None:
             values = self._interventional(Xm)
