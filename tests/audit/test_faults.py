@@ -222,3 +222,42 @@ def test_full_filesystem_refuses_cleanly(small_tmpfs: Path, make_entries: EntryF
 def test_postgres_unreachable_is_unavailable(make_entries: EntryFactory) -> None:
     with pytest.raises(AuditUnavailable, match="unavailable"):
         open_store(f"postgresql://nobody@127.0.0.1:1/{uuid.uuid4().hex}")
+
+
+def test_group_commit_gives_each_call_its_own_outcome(store: AuditStore, make_entries: EntryFactory) -> None:
+    """Concurrent calls share commits; a call with a duplicate receipt fails alone, the others land."""
+    from risklens.errors import DuplicateReceipt
+
+    recorded = make_entries(1)
+    store.record(recorded)
+    calls = 6
+    # Every third call of every thread repeats the recorded receipt id, so most shared groups hold one.
+    batches = [[make_entries(2) + (recorded if c % 3 == 2 else []) for c in range(calls)] for _ in range(THREADS)]
+    outcomes: dict[tuple[int, int], list[int] | BaseException] = {}
+    start = threading.Barrier(THREADS)
+
+    def writer(thread: int) -> None:
+        start.wait()
+        for call, batch in enumerate(batches[thread]):
+            try:
+                outcomes[thread, call] = store.record(batch)
+            except BaseException as error:  # checked below, in the test thread
+                outcomes[thread, call] = error
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    acknowledged = [recorded[0].receipt_id]
+    for (thread, call), outcome in outcomes.items():
+        batch = batches[thread][call]
+        if call % 3 == 2:
+            assert isinstance(outcome, DuplicateReceipt), outcome
+            continue
+        assert isinstance(outcome, list), outcome
+        # The sequences returned are the ones this call's own records got.
+        assert outcome == [store.get(entry.receipt_id).sequence for entry in batch]
+        acknowledged += [entry.receipt_id for entry in batch]
+    assert len(outcomes) == THREADS * calls
+    _assert_single_chain(store, acknowledged)
