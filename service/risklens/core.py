@@ -22,7 +22,7 @@ from risklens import __version__
 from risklens.errors import BatchTooLarge, InvalidRequest, RiskLensError
 from risklens.explainers import EXPLAINERS, ExplainContext, Explainer
 from risklens.explainers.shap import ShapResult
-from risklens.rationale import Catalogue, ReasonCode, load_catalogue, render_rationale, select_reason_codes
+from risklens.rationale import ReasonCode, ReasonCodeSelector, load_catalogue, render_rationale
 from risklens.registry import LoadedModel, ModelRegistry, claims_frame, validate_claim
 from risklens.registry.schema import FeatureValue
 from risklens.settings import Settings
@@ -109,7 +109,7 @@ class ExplainService:
         self.settings = settings or Settings()
         self.audit = audit
         self._explainers: dict[tuple[str, str, str], Explainer] = {}
-        self._catalogues: dict[tuple[str, str], Catalogue] = {}
+        self._selectors: dict[tuple[str, str], ReasonCodeSelector] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup helpers
@@ -121,11 +121,11 @@ class ExplainService:
                 self._explainers[key] = EXPLAINERS[method](model)
             return self._explainers[key]
 
-    def catalogue(self, model: LoadedModel) -> Catalogue:
+    def reason_codes(self, model: LoadedModel) -> ReasonCodeSelector:
         with self._lock:
-            if model.key not in self._catalogues:
-                self._catalogues[model.key] = load_catalogue(model)
-            return self._catalogues[model.key]
+            if model.key not in self._selectors:
+                self._selectors[model.key] = ReasonCodeSelector(load_catalogue(model), model.manifest)
+            return self._selectors[model.key]
 
     def supported_methods(self, model: LoadedModel) -> list[str]:
         return [name for name, cls in EXPLAINERS.items() if cls.supports(model)]
@@ -207,7 +207,7 @@ class ExplainService:
                                  agreement_threshold=self.settings.agreement_threshold)
         for method in methods:
             context.results[method] = self.explainer(model, method).explain(frame, context)
-        catalogue = self.catalogue(model)
+        selector = self.reason_codes(model)
         names = model.manifest.feature_names
         manifest = model.manifest
         explanations = []
@@ -217,7 +217,7 @@ class ExplainService:
             decision = "refer" if score >= manifest.threshold else "pass"
             order = np.argsort(-np.abs(shap_result.values), kind="stable")
             contributions = [(names[j], claim[names[j]], float(shap_result.values[j])) for j in order]
-            codes = select_reason_codes(catalogue, manifest, claim, shap_result.values, top_k)
+            codes = selector.select(claim, shap_result.values, top_k)
             extras = {m: context.results[m][row] for m in methods if m != "shap"}
             agreement = extras.get("agreement")
             rationale = render_rationale(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import cache
 
 from risklens.core import ExplainOptions, Explanation, library_versions
 from risklens.registry import LoadedModel
@@ -18,14 +19,22 @@ from risklens.v1 import risklens_pb2 as pb
 OUTPUT_SPACES = {"log_odds": pb.LOG_ODDS, "probability": pb.PROBABILITY, "raw": pb.RAW}
 
 
-def value_to_proto(value: FeatureValue) -> pb.Value:
+def set_value(target: pb.Value, value: FeatureValue) -> None:
+    """Write ``value`` into an existing Value message (cheaper than building and copying one)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return pb.Value(null=pb.NULL_VALUE)
-    if isinstance(value, bool):
-        return pb.Value(flag=value)
-    if isinstance(value, (int, float)):
-        return pb.Value(number=float(value))
-    return pb.Value(text=str(value))
+        target.null = pb.NULL_VALUE
+    elif isinstance(value, bool):
+        target.flag = value
+    elif isinstance(value, (int, float)):
+        target.number = float(value)
+    else:
+        target.text = str(value)
+
+
+def value_to_proto(value: FeatureValue) -> pb.Value:
+    message = pb.Value()
+    set_value(message, value)
+    return message
 
 
 def value_from_proto(value: pb.Value) -> FeatureValue:
@@ -67,18 +76,25 @@ def model_info(model: LoadedModel, methods: list[str]) -> pb.ModelInfo:
                         description=m.description, methods=methods)
 
 
+@cache
+def _versions_settings() -> pb.ExplainSettings:
+    return pb.ExplainSettings(library_versions=library_versions())
+
+
 def explanation_to_proto(e: Explanation) -> pb.ExplainResponse:
     response = pb.ExplainResponse(
         receipt_id=e.receipt_id, claim_id=e.claim_id, model=model_ref(e.model), score=e.score,
         raw_score=e.raw_score, base_value=e.base_value, output_space=OUTPUT_SPACES[e.output_space],
-        threshold=e.threshold, decision=e.decision,
-        contributions=[pb.Contribution(feature=f, value=value_to_proto(v), shap=s) for f, v, s in e.contributions],
+        threshold=e.threshold, decision=e.decision, rationale=e.rationale,
         reason_codes=[pb.ReasonCode(code=c.code, text=c.text, direction=c.direction, weight=c.weight,
-                                    features=list(c.features)) for c in e.reason_codes],
-        rationale=e.rationale,
-        settings=pb.ExplainSettings(seed=e.seed, device=e.device, shap_engine=e.shap_engine, top_k=e.top_k,
-                                    methods=list(e.methods), lime_samples=e.lime_samples,
-                                    library_versions=library_versions()))
+                                    features=list(c.features)) for c in e.reason_codes])
+    for feature, value, shap in e.contributions:
+        set_value(response.contributions.add(feature=feature, shap=shap).value, value)
+    settings = response.settings
+    settings.CopyFrom(_versions_settings())
+    settings.seed, settings.device, settings.shap_engine = e.seed, e.device, e.shap_engine
+    settings.top_k, settings.lime_samples = e.top_k, e.lime_samples
+    settings.methods.extend(e.methods)
     for method, result in e.method_results.items():
         getattr(response, method).CopyFrom(result.to_proto())
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from risklens.rationale import Catalogue, ReasonCode, format_value, render_rationale, select_reason_codes
+from risklens.rationale import Catalogue, ReasonCode, ReasonCodeSelector, format_value, render_rationale
 from risklens.registry import FeatureSpec, Manifest
 
 
@@ -21,7 +21,7 @@ def test_generic_codes_cover_every_feature_even_with_awkward_names():
         {"code": "F1", "features": ["fault"], "raises": "The holder ({{ fault }}) was at fault",
          "lowers": "A third party was at fault"}]}).completed(manifest)
     claim = {"capital-gains": 53300.0, "fault": "holder", "witness": False, "age": None}
-    codes = select_reason_codes(catalogue, manifest, claim, np.array([0.9, 0.5, -0.2, -0.01]), top_k=2)
+    codes = ReasonCodeSelector(catalogue, manifest).select(claim, np.array([0.9, 0.5, -0.2, -0.01]), top_k=2)
     assert [(c.code, c.direction) for c in codes] == [
         ("RL_CAPITAL-GAINS", "raises"), ("F1", "raises"), ("RL_WITNESS", "lowers"), ("RL_AGE", "lowers")]
     assert codes[0].text == "capital-gains (53,300) raised the risk"
@@ -35,8 +35,8 @@ def test_grouped_code_weight_is_the_sum_of_its_features():
     manifest = _manifest()
     catalogue = Catalogue.model_validate({"codes": [
         {"code": "G", "features": ["fault", "witness"], "raises": "up", "lowers": "down"}]}).completed(manifest)
-    codes = select_reason_codes(catalogue, manifest, {"capital-gains": 1.0, "fault": "holder", "witness": True,
-                                                      "age": 3.0}, np.array([0.0, 0.4, -0.1, 0.0]), top_k=3)
+    codes = ReasonCodeSelector(catalogue, manifest).select(
+        {"capital-gains": 1.0, "fault": "holder", "witness": True, "age": 3.0}, np.array([0.0, 0.4, -0.1, 0.0]), top_k=3)
     assert [(c.code, round(c.weight, 12)) for c in codes] == [("G", 0.3)]
 
 

@@ -1,6 +1,14 @@
 """Reason codes and the templated natural-language rationale (no free-form generation)."""
 
-from risklens.rationale.catalogue import Catalogue, CodeSpec, ReasonCode, format_value, load_catalogue, select_reason_codes
+from risklens.rationale.catalogue import (
+    Catalogue,
+    CodeSpec,
+    ReasonCode,
+    ReasonCodeSelector,
+    format_value,
+    load_catalogue,
+    render_template,
+)
 from risklens.rationale.render import render_rationale
 
 __all__ = [
@@ -9,6 +17,7 @@ __all__ = [
     "ReasonCode",
     "format_value",
     "load_catalogue",
+    "ReasonCodeSelector",
     "render_rationale",
-    "select_reason_codes",
+    "render_template",
 ]

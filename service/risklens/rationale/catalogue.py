@@ -85,24 +85,39 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def select_reason_codes(catalogue: Catalogue, manifest: Manifest, claim: dict[str, Any],
-                        shap_values: np.ndarray, top_k: int) -> list[ReasonCode]:
-    """Top ``top_k`` codes that raise the risk (largest first), then the top ``top_k`` that lower it."""
-    index = {name: i for i, name in enumerate(manifest.feature_names)}
-    shown = {name: format_value(value) for name, value in claim.items()}
-    weighted = []
-    for spec in catalogue.codes:
-        weight = float(sum(shap_values[index[f]] for f in spec.features))
-        weighted.append((weight, spec))
-    raising = sorted((w for w in weighted if w[0] > 0), key=lambda w: -w[0])[:top_k]
-    lowering = sorted((w for w in weighted if w[0] < 0), key=lambda w: w[0])[:top_k]
-    codes = []
-    for direction, chosen in (("raises", raising), ("lowers", lowering)):
-        for weight, spec in chosen:
-            template = spec.raises if direction == "raises" else spec.lowers
-            text = _compiled(template).render(shown, claim=shown)
-            codes.append(ReasonCode(spec.code, text, direction, weight, tuple(spec.features)))
-    return codes
+def render_template(template: jinja2.Template, values: dict[str, Any]) -> str:
+    """Render with ``values`` as the whole context (no globals merged in): the per-claim hot path."""
+    return "".join(template.root_render_func(template.new_context(values, shared=True)))
+
+
+class ReasonCodeSelector:
+    """Picks and words a claim's reason codes; built once per model, used for every claim."""
+
+    def __init__(self, catalogue: Catalogue, manifest: Manifest) -> None:
+        index = {name: i for i, name in enumerate(manifest.feature_names)}
+        self._specs = catalogue.codes
+        # (n_features, n_codes): a code's weight is the sum of its features' contributions.
+        self._membership = np.zeros((len(index), len(self._specs)))
+        for c, spec in enumerate(self._specs):
+            self._membership[[index[f] for f in spec.features], c] = 1.0
+        self._templates = {"raises": [_compiled(spec.raises) for spec in self._specs],
+                           "lowers": [_compiled(spec.lowers) for spec in self._specs]}
+
+    def select(self, claim: dict[str, Any], shap_values: np.ndarray, top_k: int) -> list[ReasonCode]:
+        """Top ``top_k`` codes that raise the risk (largest first), then the top ``top_k`` that lower it."""
+        weights = np.asarray(shap_values, dtype="float64") @ self._membership
+        order = np.argsort(-weights, kind="stable")
+        raising = [c for c in order[:top_k] if weights[c] > 0]
+        lowering = [c for c in order[::-1][:top_k] if weights[c] < 0]
+        shown = {name: format_value(value) for name, value in claim.items()}
+        context = {**shown, "claim": shown}
+        codes = []
+        for direction, chosen in (("raises", raising), ("lowers", lowering)):
+            for c in chosen:
+                spec = self._specs[c]
+                text = render_template(self._templates[direction][c], context)
+                codes.append(ReasonCode(spec.code, text, direction, float(weights[c]), tuple(spec.features)))
+        return codes
 
 
 def load_catalogue(model: LoadedModel) -> Catalogue:

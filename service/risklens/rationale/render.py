@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import jinja2
 
-from risklens.rationale.catalogue import ReasonCode
+from risklens.rationale.catalogue import ReasonCode, render_template
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("risklens.rationale", "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=False,
+    auto_reload=False,  # packaged templates do not change under a running process
 )
 
 
@@ -24,6 +25,6 @@ def render_rationale(*, model_label: str, score: float, threshold: float, decisi
                      reason_codes: list[ReasonCode], agreement_summary: str = "") -> str:
     raises = [_sentence_case(c.text) for c in reason_codes if c.direction == "raises"]
     lowers = [_sentence_case(c.text) for c in reason_codes if c.direction == "lowers"]
-    return _TEMPLATES.get_template("rationale.j2").render(
+    return render_template(_TEMPLATES.get_template("rationale.j2"), dict(
         model_label=model_label, score=score, threshold=threshold, decision=decision,
-        raises=raises, lowers=lowers, agreement_summary=agreement_summary).strip()
+        raises=raises, lowers=lowers, agreement_summary=agreement_summary)).strip()
