@@ -191,7 +191,7 @@ class ExplainService:
             explanations = self._explain_valid(
                 model, [c for _, c in valid], [claims[i].claim_id for i, _ in valid], receipts, seeds,
                 methods, device, top_k, options.lime_samples)
-            self._record(explanations)
+            self._record(model, explanations)
             for (i, _), explanation in zip(valid, explanations):
                 outcomes[i] = explanation
         n_bad = sum(isinstance(o, RiskLensError) for o in outcomes)
@@ -233,17 +233,17 @@ class ExplainService:
                 lime_samples=lime_samples, method_results=extras))
         return explanations
 
-    def _record(self, explanations: list[Explanation]) -> None:
+    def _record(self, model: LoadedModel, explanations: list[Explanation]) -> None:
         """Make the explanations durable in the audit trail; raises (and returns nothing) if that fails."""
         if self.audit is None:
             return
         from risklens.audit import AuditEntry, RedactionPolicy
         from risklens.wire import model_ref
 
-        entries = [
-            AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=model_ref(e.model),
-                       input=dict(e.claim), explanation=e.response,
-                       policy=RedactionPolicy.from_manifest(e.model.manifest.audit))
+        policy = RedactionPolicy.from_manifest(model.manifest.audit)
+        ref = model_ref(model)
+        self.audit.record([
+            AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=ref, input=dict(e.claim),
+                       explanation=e.response, policy=policy)
             for e in explanations
-        ]
-        self.audit.record(entries)
+        ])
