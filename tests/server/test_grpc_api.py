@@ -169,3 +169,17 @@ def test_health_and_reflection(demo_server):
     replies = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"risklens.v1.RiskLens", "grpc.health.v1.Health"} <= names
+
+
+def test_logs_never_carry_claim_values(demo_stub, early_claim, caplog):
+    marker_amount = 87654.32
+    with caplog.at_level("DEBUG", logger="risklens"):
+        demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", claim_id="LOG-1",
+                                            features=claim_features(early_claim, claim_amount=marker_amount)))
+        with pytest.raises(grpc.RpcError):
+            demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", features=claim_features(
+                early_claim, claim_amount=marker_amount, fault="secret-category-value")))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "explained 1 claim(s)" in logged and "INVALID_ARGUMENT" in logged
+    for raw in ("87654", "87,654", "secret-category-value"):
+        assert raw not in logged
