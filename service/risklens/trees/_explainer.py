@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -25,9 +26,12 @@ _MODEL_OUTPUTS = ("raw", "probability")
 # the GPU out of memory
 _FREE_MEMORY_FRACTION = 0.25
 _MAX_BACKGROUND_ROWS = 10_000
+_ALWAYS_FITS_BYTES = 64 * 1024**2
 
 
+@functools.cache
 def _gpu_available() -> bool:
+    """Checked once per process: a failed ``import cupy`` costs ~50 us, too much per single-claim call."""
     try:
         import cupy  # noqa: PLC0415 - optional dependency, imported only when a GPU is asked for
 
@@ -150,7 +154,8 @@ class TreeShap:
             if missing:
                 raise SchemaError(f"{name} lacks the model's column(s) {missing[:5]}", field=missing[0])
             frame = frame[[c if c in frame.columns else by_key[_name_key(c)] for c in names]]
-        if all(pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in frame.dtypes):
+        # dtype.kind (numpy and pandas extension dtypes alike) is ~50x cheaper than pd.api.types per column
+        if all(getattr(t, "kind", "O") in "biuf" for t in frame.dtypes):
             # one conversion for the common all-numeric frame (per-column work costs ~1 ms per request)
             return frame.to_numpy(dtype=np.float64, na_value=np.nan)
         columns = []
@@ -220,6 +225,8 @@ class TreeShap:
     # ------------------------------------------------------------------ internals
 
     def _chunked(self, X: np.ndarray, fn: Any, *, bytes_per_row: int) -> np.ndarray:
+        if X.shape[0] * bytes_per_row <= _ALWAYS_FITS_BYTES:  # skip reading /proc/meminfo for small calls
+            return fn(X)
         budget = int(_host_free_bytes() * _FREE_MEMORY_FRACTION)
         rows = max(1, budget // max(1, bytes_per_row))
         if X.shape[0] <= rows:
