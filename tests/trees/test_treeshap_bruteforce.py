@@ -167,6 +167,9 @@ def test_path_dependent_values_and_interactions_equal_brute_force(ens, seed):
     values, base = ts.shap_values(X, device="cpu")
     expected_phi, expected_inter = brute_force_path_dependent(ens, X)
     np.testing.assert_allclose(values, expected_phi, rtol=0, atol=TOL)
+    # 3 rows take the one-row kernel; 9 rows take the block kernel (SIMD over rows): both are exact
+    block_values, _ = ts.shap_values(np.tile(X, (3, 1)), device="cpu")
+    np.testing.assert_allclose(block_values, np.tile(expected_phi, (3, 1)), rtol=0, atol=TOL)
     empty_game = ens.base_offset + sum(_tree_expectation(ens, int(r), X[0], set()) for r in ens.tree_start[:-1])
     assert abs(base - empty_game) <= TOL
     np.testing.assert_allclose(ts.interaction_values(X), expected_inter, rtol=0, atol=TOL)

@@ -168,8 +168,8 @@ def _row_blocks(n_rows: int) -> int:
 
 # ----------------------------------------------------------------------------- prediction
 
-def _predict_impl(X, base, tree_start, left, parent, kind, threshold, default_left, nan_mode,
-                  cat_start, cat_end, cats, cat_in_left, value, feature, right):
+def _predict_impl(X, base, tree_start, left, right, feature, numeric, thr_lt, kind, threshold, default_left, nan_mode,
+                  cat_start, cat_end, cats, cat_in_left, value):
     n = X.shape[0]
     out = np.full(n, base)
     for r in prange(n):
@@ -177,11 +177,17 @@ def _predict_impl(X, base, tree_start, left, parent, kind, threshold, default_le
         for t in range(len(tree_start) - 1):
             node = tree_start[t]
             while left[node] >= 0:
-                if _goes_left(X[r, feature[node]], node, kind, threshold, default_left, nan_mode,
-                              cat_start, cat_end, cats, cat_in_left):
-                    node = left[node]
+                x = X[r, feature[node]]
+                if numeric[node]:  # written out: a helper taking the node arrays costs more than the comparison
+                    mode = nan_mode[node]
+                    if mode == NAN_AS_ZERO:
+                        x = 0.0 if x != x else x
+                    take_default = x != x or (mode == NAN_ZERO_DEFAULT and abs(x) <= _ZERO_THRESHOLD)
+                    go_left = default_left[node] if take_default else x < thr_lt[node]
                 else:
-                    node = right[node]
+                    go_left = _goes_left(x, node, kind, threshold, default_left, nan_mode, cat_start, cat_end, cats,
+                                         cat_in_left)
+                node = left[node] if go_left else right[node]
             acc += value[node]
         out[r] += acc
     return out
@@ -194,7 +200,9 @@ _predict_serial = njit(cache=True)(_predict_impl)  # no thread wake-up for a sin
 def predict_raw(structure: CpuStructure, X: np.ndarray) -> np.ndarray:
     e = structure.ens
     kernel = _predict_serial if X.shape[0] < _SERIAL_BELOW_ROWS else _predict_parallel
-    return kernel(X, e.base_offset, *structure.tree_args(), e.feature, e.right)
+    return kernel(X, e.base_offset, e.tree_start, e.left, e.right, e.feature, structure.numeric, structure.thr_lt,
+                  e.kind, e.threshold, e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats, e.cat_in_left,
+                  e.value)
 
 
 # ----------------------------------------------------------------------------- path-dependent SHAP
