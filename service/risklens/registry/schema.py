@@ -80,17 +80,21 @@ def validate_claim(manifest: Manifest, features: Mapping[str, FeatureValue]) -> 
 
 
 def claims_frame(manifest: Manifest, claims: Sequence[Mapping[str, FeatureValue]]) -> pd.DataFrame:
-    """Validated claims as a DataFrame with schema dtypes (float64, bool/object, str)."""
-    columns: dict[str, Any] = {}
+    """Validated claims as a DataFrame: float64 numbers, bool (object when null) flags, str categories.
+
+    Columns are built from NumPy arrays: for one claim, pandas' own per-column inference costs
+    more than the rest of an explanation.
+    """
+    columns: dict[str, np.ndarray] = {}
     for spec in manifest.features:
         raw = [claim[spec.name] for claim in claims]
         if spec.type == "numeric":
-            columns[spec.name] = pd.array([np.nan if v is None else v for v in raw], dtype="float64")
+            columns[spec.name] = np.array([np.nan if v is None else v for v in raw], dtype="float64")
         elif spec.type == "boolean":
-            columns[spec.name] = pd.Series(raw, dtype="bool" if None not in raw else "object")
+            columns[spec.name] = np.array(raw, dtype=object if None in raw else bool)
         else:
-            columns[spec.name] = pd.Series(raw, dtype="str")
-    return pd.DataFrame(columns)
+            columns[spec.name] = np.array(raw, dtype=object)  # pandas infers its str dtype
+    return pd.DataFrame(columns, copy=False)
 
 
 def frame_to_claims(frame: pd.DataFrame) -> list[dict[str, FeatureValue]]:
@@ -138,24 +142,29 @@ def schema_encoding(manifest: Manifest) -> Encoding:
     return Encoding(columns, np.asarray(index, dtype=np.intp))
 
 
+_BOOLEAN_CODES = {True: 1.0, False: 0.0}
+
+
+def _codes(values: np.ndarray, index: dict[Any, float]) -> np.ndarray:
+    """Map each value through ``index``; anything else (None, NaN) becomes NaN, i.e. missing."""
+    return np.fromiter((index.get(v, np.nan) for v in values), dtype="float64", count=len(values))
+
+
 def encode_frame(manifest: Manifest, frame: pd.DataFrame) -> np.ndarray:
     """Validated raw features -> float64 model matrix in ``schema_encoding(manifest).columns`` order."""
     blocks: list[np.ndarray] = []
     for spec in manifest.features:
         col = frame[spec.name]
-        missing = col.isna().to_numpy()
         if spec.type == "numeric":
             blocks.append(col.to_numpy(dtype="float64", na_value=np.nan)[:, None])
         elif spec.type == "boolean":
-            values = np.where(missing, np.nan, col.fillna(False).astype(bool).to_numpy(dtype="float64"))
-            blocks.append(values[:, None])
+            blocks.append(_codes(col.to_numpy(dtype=object), _BOOLEAN_CODES)[:, None])
         else:
-            codes = pd.Categorical(col, categories=spec.categories).codes.astype("float64")
-            codes[missing] = np.nan
+            codes = _codes(col.to_numpy(dtype=object), {c: float(i) for i, c in enumerate(spec.categories)})
             if spec.encoding == "ordinal":
                 blocks.append(codes[:, None])
             else:
                 onehot = (codes[:, None] == np.arange(len(spec.categories))[None, :]).astype("float64")
-                onehot[missing] = np.nan
+                onehot[np.isnan(codes)] = np.nan
                 blocks.append(onehot)
     return np.hstack(blocks) if blocks else np.empty((len(frame), 0))
