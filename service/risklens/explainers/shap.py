@@ -85,10 +85,13 @@ def _additive_shap(model: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, 
     return values, base, "ebm-exact"
 
 
-def _check_close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str) -> None:
-    gap = np.abs(actual - expected)
-    if gap.size and gap.max() > max(tolerance, ADDITIVITY_TOLERANCE):
-        raise AdditivityError(f"{what}: max gap {gap.max():.3g} > {max(tolerance, ADDITIVITY_TOLERANCE)}")
+def _check_close(actual: np.ndarray, expected: np.ndarray, tolerance: float | np.ndarray, what: str) -> None:
+    """Raise unless every |actual - expected| is within the tolerance (floored at ADDITIVITY_TOLERANCE)."""
+    excess = np.abs(actual - expected) - np.maximum(tolerance, ADDITIVITY_TOLERANCE)
+    if excess.size and excess.max() > 0:
+        worst = int(np.argmax(excess))
+        raise AdditivityError(f"{what}: gap {abs(actual[worst] - expected[worst]):.3g} exceeds the tolerance "
+                              f"{np.broadcast_to(np.maximum(tolerance, ADDITIVITY_TOLERANCE), excess.shape)[worst]:.3g}")
 
 
 class ShapExplainer(Explainer):
@@ -112,7 +115,8 @@ class ShapExplainer(Explainer):
             used = self._tree.resolve_device(device)
             column_values, base = self._tree.shap_values(matrix, device=used)
             raw, engine = self._tree.predict_raw(matrix), "risklens-treeshap"
-            _check_close(raw, framework_raw, self.model.estimator_adapter.output_tolerance,
+            _check_close(raw, framework_raw,
+                         self.model.estimator_adapter.output_tolerance(self.model.estimator) * np.maximum(1, np.abs(raw)),
                          f"tree evaluation of model {self.model.name!r} vs its framework's prediction")
         elif self.model.kind == "linear":
             (column_values, base, engine), raw = _linear_shap(self.model, matrix), framework_raw
