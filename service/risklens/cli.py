@@ -12,16 +12,16 @@ import grpc
 import typer
 from google.protobuf import json_format
 
+from risklens.audit.cli import audit_app
+from risklens.reports.cli import audit_run
+
 app = typer.Typer(
     help="risklens: explanations for fraud and risk models (exact SHAP, reason codes, rationale) over gRPC.",
     no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Model directories: list what is there, register new models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-from risklens.audit.cli import audit_app  # noqa: E402 - the audit commands live with the audit package
-
+# The audit commands live with the audit package; batch audit runs with the reports package.
 app.add_typer(audit_app, name="audit")
-from risklens.reports.cli import audit_run  # noqa: E402 - batch audit runs live with the reports package
 audit_app.command("run")(audit_run)
 
 
