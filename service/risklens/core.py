@@ -243,7 +243,7 @@ class ExplainService:
         policy = RedactionPolicy.from_manifest(model.manifest.audit)
         ref = model_ref(model)
         self.audit.record([
-            AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=ref, input=dict(e.claim),
-                       explanation=e.response, policy=policy)
+            AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=ref, input=e.claim,
+                       explanation=e, policy=policy)
             for e in explanations
         ])

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from risklens.audit import (AuditEntry, AuditStore, RedactionPolicy, SqliteAuditStore, input_sha256, load_or_create_signing_key,
                             new_receipt_id, open_store, public_key_hex)
-from risklens.audit._canonical import record_hash, to_value_map
+from risklens.audit._canonical import body_text, record_hash, to_value_map
 from risklens.errors import DuplicateReceipt, InvalidRequest, ManifestError, ReceiptNotFound
 from risklens.v1 import risklens_pb2
 
@@ -163,11 +163,15 @@ def _edit_body(store: AuditStore, sequence: int) -> None:
     body = risklens_pb2.Receipt(input=receipt.input, dropped_fields=receipt.dropped_fields)
     body.explanation.CopyFrom(receipt.explanation)
     body.explanation.decision = "pass" if body.explanation.decision == "refer" else "refer"
-    raw_execute(store, "UPDATE audit_records SET body = ? WHERE sequence = ?", (body.SerializeToString(), sequence))
+    # Bodies are stored as their canonical JSON; an editor who knows that writes a well-formed one.
+    raw_execute(store, "UPDATE audit_records SET body = ? WHERE sequence = ?",
+                (body_text(body).encode("utf-8"), sequence))
 
 
 TAMPERING = {
     "edited explanation": (lambda store: _edit_body(store, 4), 4, "body"),
+    "garbage body": (lambda store: raw_execute(store, "UPDATE audit_records SET body = ? WHERE sequence = 2",
+                                               (b"\x00not json",)), 2, "body"),
     "edited timestamp": (lambda store: raw_execute(
         store, "UPDATE audit_records SET created_at = '2001-01-01T00:00:00.000000Z' WHERE sequence = 3"), 3,
         "record_hash"),

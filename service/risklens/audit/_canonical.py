@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from risklens.errors import InvalidRequest
 from risklens.v1 import risklens_pb2
 
-SCHEMA_VERSION = "risklens.audit/1"
+SCHEMA_VERSION = "risklens.audit/2"  # 2: bodies stored as their canonical JSON
 
 _Field = proto_descriptor.FieldDescriptor
 
@@ -234,11 +234,17 @@ _write_body = _compile_writer(risklens_pb2.Receipt.DESCRIPTOR, _BODY_FIELDS)
 _write_header = _compile_writer(risklens_pb2.Receipt.DESCRIPTOR, _HEADER_FIELDS)
 
 
-def body_sha256(receipt: risklens_pb2.Receipt) -> str:
-    """Hash of the purgeable part of a record: stored input, dropped field names, explanation.
+def body_text(receipt: risklens_pb2.Receipt) -> str:
+    """The canonical form of a record's purgeable part: stored input, dropped field names, explanation.
 
-    The canonical form of ``Receipt(input=..., dropped_fields=..., explanation=...)``.
+    The canonical form of ``Receipt(input=..., dropped_fields=..., explanation=...)``; stores keep
+    exactly these bytes (UTF-8) as the record's body.
     """
+    return _write_body(receipt)
+
+
+def body_sha256(receipt: risklens_pb2.Receipt) -> str:
+    """Hash of the purgeable part of a record: sha256 of ``body_text``."""
     return sha256_hex(_write_body(receipt).encode("utf-8"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -78,12 +78,20 @@ class RedactionPolicy:
     def action(self, feature: str) -> Action:
         return self.fields.get(feature, self.default)
 
-    def keyed_hash(self, value: risklens_pb2.Value) -> risklens_pb2.Value:
+    @property
+    def is_raw(self) -> bool:
+        """Every field is stored as given."""
+        return self.default == "raw" and all(action == "raw" for action in self.fields.values())
+
+    def keyed_hash_text(self, canonical_value: bytes) -> str:
+        """The stored text of a hashed field: HMAC-SHA256 over the value's canonical form."""
         if not self.hmac_key:
             raise ManifestError(f"the audit policy stores fields as HMAC but {HMAC_KEY_ENV} is not set",
                                 field="audit")
-        digest = hmac.new(self.hmac_key, canonical_message(value), hashlib.sha256)
-        return risklens_pb2.Value(text=HMAC_PREFIX + digest.hexdigest())
+        return HMAC_PREFIX + hmac.new(self.hmac_key, canonical_value, hashlib.sha256).hexdigest()
+
+    def keyed_hash(self, value: risklens_pb2.Value) -> risklens_pb2.Value:
+        return risklens_pb2.Value(text=self.keyed_hash_text(canonical_message(value)))
 
     def redact_input(self, values: Mapping[str, risklens_pb2.Value]
                      ) -> tuple[dict[str, risklens_pb2.Value], list[str]]:
@@ -106,18 +114,22 @@ class RedactionPolicy:
         Contributions and ICE curves repeat the claim's own value of a feature; a policy that
         hashes or drops the field must apply there too, or the redaction would be cosmetic.
         """
-        if self.default == "raw" and all(action == "raw" for action in self.fields.values()):
+        if self.is_raw:
             return explanation
         stored = risklens_pb2.ExplainResponse()
         stored.CopyFrom(explanation)
-        holders = [*stored.contributions, *stored.ice.features]
+        self.redact_holders(stored.contributions)
+        self.redact_holders(stored.ice.features)
+        return stored
+
+    def redact_holders(self, holders: Iterable[Any]) -> None:
+        """Apply the policy, in place, to messages that echo a feature's value (``feature``, ``value``)."""
         for holder in holders:
             action = self.action(holder.feature)
             if action == "hmac" and holder.HasField("value"):
                 holder.value.CopyFrom(self.keyed_hash(holder.value))
             elif action == "drop":
                 holder.ClearField("value")
-        return stored
 
     def retain_until(self, created_at: datetime) -> datetime | None:
         return None if self.retention_days is None else created_at + timedelta(days=self.retention_days)
@@ -128,11 +140,15 @@ RAW_POLICY = RedactionPolicy()
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One explanation to record: exactly what was returned to the caller, and the claim behind it."""
+    """One explanation to record: exactly what was returned to the caller, and the claim behind it.
+
+    ``explanation``: the core's ``risklens.core.Explanation`` (its response message is what the
+    caller receives), or that ``ExplainResponse`` message itself.
+    """
 
     receipt_id: str
     created_at: datetime
     model: risklens_pb2.ModelRef
     input: Mapping[str, Any]
-    explanation: risklens_pb2.ExplainResponse
+    explanation: Any  # risklens.core.Explanation | risklens_pb2.ExplainResponse
     policy: RedactionPolicy = RAW_POLICY

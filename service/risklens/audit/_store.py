@@ -21,12 +21,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceipt, InvalidRequest,
                              ManifestError, ReceiptNotFound, RiskLensError)
 from risklens.v1 import risklens_pb2
 
-from ._canonical import SCHEMA_VERSION, body_sha256, format_time, input_sha256, record_hash, to_value_map
+from ._body import write_body
+from ._canonical import SCHEMA_VERSION, body_text, format_time, input_sha256, record_hash, sha256_hex, to_value_map
 from ._policy import AuditEntry
 from ._signing import SIGNING_KEY_ENV, load_signing_key, sign_checkpoint
 from ._verify import ChainVerifier, VerifyReport
@@ -69,16 +72,28 @@ _READ_CHUNK = 1000
 
 
 def _prepare(entry: AuditEntry) -> tuple[risklens_pb2.Receipt, bytes, str | None]:
-    """Everything about a record that does not depend on its chain position (done outside the lock)."""
-    values = to_value_map(entry.input)
-    stored_input, dropped = entry.policy.redact_input(values)
-    body = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
-    body.explanation.CopyFrom(entry.policy.redact_explanation(entry.explanation))
+    """Everything about a record that does not depend on its chain position (done outside the lock):
+    its header without the chain links, its canonical body (the bytes stored and hashed), and the
+    end of its retention window.
+
+    The core hands over its plain ``Explanation`` (written by ``write_body``); an
+    ``ExplainResponse`` message (tools, tests) takes the generic path through the message writers.
+    """
+    policy = entry.policy
+    if isinstance(entry.explanation, Message):
+        values = to_value_map(entry.input)
+        stored_input, dropped = policy.redact_input(values)
+        body_message = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
+        body_message.explanation.CopyFrom(policy.redact_explanation(entry.explanation))
+        body, input_hash = body_text(body_message), input_sha256(values)
+    else:
+        body, source = write_body(entry.explanation, entry.input, policy)
+        input_hash = sha256_hex(source.encode("utf-8"))
+    stored = body.encode("utf-8")
     receipt = risklens_pb2.Receipt(receipt_id=entry.receipt_id, created_at=format_time(entry.created_at),
-                                   model=entry.model, input_sha256=input_sha256(values),
-                                   body_sha256=body_sha256(body))
-    retain_until = entry.policy.retain_until(entry.created_at)
-    return receipt, body.SerializeToString(deterministic=True), retain_until and format_time(retain_until)
+                                   model=entry.model, input_sha256=input_hash, body_sha256=sha256_hex(stored))
+    retain_until = policy.retain_until(entry.created_at)
+    return receipt, stored, retain_until and format_time(retain_until)
 
 
 class _PendingCall:
@@ -98,12 +113,26 @@ class _PendingCall:
         self.done = True
 
 
-def _receipt_from_row(row: Sequence[Any], body: bytes | None) -> risklens_pb2.Receipt:
-    receipt = risklens_pb2.Receipt.FromString(bytes(body)) if body else risklens_pb2.Receipt()
+def _header_from_row(row: Sequence[Any]) -> risklens_pb2.Receipt:
+    receipt = risklens_pb2.Receipt()
     (receipt.sequence, receipt.receipt_id, receipt.created_at, receipt.model.name, receipt.model.version,
      receipt.model.sha256, receipt.model.framework, receipt.input_sha256, receipt.body_sha256,
      receipt.prev_hash, receipt.record_hash) = row[:11]
     receipt.purged = bool(row[11])
+    return receipt
+
+
+def _receipt_from_row(row: Sequence[Any], where: str) -> risklens_pb2.Receipt:
+    """The whole record: the stored body (canonical JSON) parsed, the header columns set."""
+    receipt = risklens_pb2.Receipt()
+    body = row[12]
+    if body:
+        try:
+            json_format.Parse(bytes(body), receipt)
+        except (json_format.ParseError, ValueError) as error:
+            raise AuditUnavailable(f"audit record {row[1]} in {where} has an unreadable body: "
+                                   f"{type(error).__name__}") from error
+    receipt.MergeFrom(_header_from_row(row))
     return receipt
 
 
@@ -323,7 +352,7 @@ class AuditStore(abc.ABC):
                                              f"WHERE receipt_id = ?", (receipt_id,))
         if row is None:
             raise ReceiptNotFound(f"no audit record with receipt id {receipt_id!r}", field="receipt_id")
-        return _receipt_from_row(row, row[12])
+        return _receipt_from_row(row, self._where())
 
     def head(self) -> tuple[int, str]:
         """(sequence, hash) of the newest record; (0, "") for an empty chain."""
@@ -331,7 +360,7 @@ class AuditStore(abc.ABC):
             sequence, head_hash = self._fetchone(connection, "SELECT sequence, head_hash FROM audit_head WHERE id = 1")
         return int(sequence), head_hash
 
-    def _iter_range(self, connection: Any, first: int, last: int) -> Iterator[risklens_pb2.Receipt]:
+    def _iter_rows(self, connection: Any, first: int, last: int) -> Iterator[Sequence[Any]]:
         after = first - 1
         while after < last:
             rows = self._fetchall(connection, f"SELECT {_HEADER_COLUMNS}, body FROM audit_records "
@@ -339,9 +368,13 @@ class AuditStore(abc.ABC):
                                   (after, last, _READ_CHUNK))
             if not rows:
                 return
-            for row in rows:
-                yield _receipt_from_row(row, row[12])
+            yield from rows
             after = int(rows[-1][0])
+
+    def _iter_range(self, connection: Any, first: int, last: int) -> Iterator[risklens_pb2.Receipt]:
+        where = self._where()
+        for row in self._iter_rows(connection, first, last):
+            yield _receipt_from_row(row, where)
 
     def _checkpoints(self, connection: Any, first: int, last: int) -> list[risklens_pb2.Checkpoint]:
         rows = self._fetchall(connection, "SELECT sequence, head_hash, created_at, signature, public_key "
@@ -367,7 +400,10 @@ class AuditStore(abc.ABC):
             last = max(int(sequence), max_sequence)
             verifier = ChainVerifier(checkpoints=self._checkpoints(connection, 1, 2**62),
                                      trusted_public_key=trusted_public_key)
-            verifier.feed_all(self._iter_range(connection, 1, last))
+            for row in self._iter_rows(connection, 1, last):
+                # The stored body bytes are exactly what was hashed: no need to parse them.
+                if not verifier.feed(_header_from_row(row), None if row[12] is None else bytes(row[12])):
+                    break
         return verifier.finish(int(sequence), head_hash, "the store's head row")
 
     def export(self, from_time: datetime | None = None, to_time: datetime | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from risklens.v1 import risklens_pb2
 
-from ._canonical import body_sha256, checkpoint_payload, record_hash
+from ._canonical import body_sha256, checkpoint_payload, record_hash, sha256_hex
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ class VerifyReport:
         return "\n".join([text, *self.notes])
 
 
+def _explanation_receipt_id(body: bytes) -> str:
+    """The receipt id inside a stored body (canonical JSON); "?" when the body is not a JSON object."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "?"
+    explanation = document.get("explanation") if isinstance(document, dict) else None
+    return explanation.get("receipt_id", "") if isinstance(explanation, dict) else "?"
+
+
 class ChainVerifier:
     """Feed records in sequence order; stops at the first bad one, then ``finish``.
 
@@ -78,7 +89,10 @@ class ChainVerifier:
             self.report.notes.append("checkpoint signatures checked against their embedded public keys; "
                                      "pass the published key to pin it")
 
-    def feed(self, receipt: risklens_pb2.Receipt) -> bool:
+    def feed(self, receipt: risklens_pb2.Receipt, body: bytes | None = None) -> bool:
+        """Check the next record. ``body``: the record's stored body bytes, when ``receipt`` is its
+        header only (a live store); without it the body is re-written from ``receipt`` (an export).
+        """
         report = self.report
         if not report.ok:
             return False
@@ -92,7 +106,8 @@ class ChainVerifier:
             report.fail(*where, "prev_hash does not match the previous record's hash "
                                 "(a record before it was deleted, inserted or edited)")
             return False
-        has_body = bool(receipt.input) or bool(receipt.dropped_fields) or receipt.HasField("explanation")
+        has_body = (body is not None or bool(receipt.input) or bool(receipt.dropped_fields)
+                    or receipt.HasField("explanation"))
         if receipt.purged:
             if has_body:
                 report.fail(*where, "marked purged but still carries a body")
@@ -101,10 +116,11 @@ class ChainVerifier:
         elif not has_body and self._selected is not None and not self._selected(receipt):
             report.link_only += 1
         else:
-            if body_sha256(receipt) != receipt.body_sha256:
+            if (sha256_hex(body) if body is not None else body_sha256(receipt)) != receipt.body_sha256:
                 report.fail(*where, "body (input or explanation) does not match body_sha256: record edited")
                 return False
-            if receipt.explanation.receipt_id and receipt.explanation.receipt_id != receipt.receipt_id:
+            explained = _explanation_receipt_id(body) if body is not None else receipt.explanation.receipt_id
+            if explained and explained != receipt.receipt_id:
                 report.fail(*where, "explanation belongs to another receipt")
                 return False
             report.bodies_checked += 1

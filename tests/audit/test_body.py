@@ -1,0 +1,121 @@
+"""The audit body writer: byte for byte the canonical JSON that json_format gives for the same record."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from risklens.audit import RedactionPolicy
+from risklens.audit._body import input_json, write_body
+from risklens.audit._canonical import to_value_map
+from risklens.core import ClaimInput, ExplainOptions, ExplainService, Explanation
+from risklens.v1 import risklens_pb2
+from risklens.wire import explanation_to_proto
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HMAC_KEY = b"test-body-key"
+
+
+def documented(message: Any) -> str:
+    """The documented canonical form: json_format's dict, dumped sorted and compact."""
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def reference_body(explanation: Explanation, claim: dict[str, Any], policy: RedactionPolicy) -> str:
+    values = to_value_map(claim)
+    stored, dropped = policy.redact_input(values)
+    body = risklens_pb2.Receipt(input=stored, dropped_fields=dropped)
+    body.explanation.CopyFrom(policy.redact_explanation(explanation_to_proto(explanation)))
+    return documented(body)
+
+
+@pytest.fixture(scope="module")
+def explanations() -> list[Explanation]:
+    """Real explanations: SHAP only, and every method (LIME, ICE, EBM surrogate, permutation, agreement)."""
+    from risklens.datasets import generate_claims
+    from risklens.registry import ModelRegistry
+
+    service = ExplainService(ModelRegistry.from_directory(REPO_ROOT / "models"))
+    frame, _ = generate_claims(12, 5)
+    claims = [ClaimInput(frame.iloc[i].to_dict(), f"claim-{i}") for i in range(len(frame))]
+    plain = service.explain_batch("demo-xgb", claims[:8])
+    every = service.explain_batch("demo-xgb", claims[8:], options=ExplainOptions(methods=("all",),
+                                                                                  lime_samples=300))
+    outcomes = [*plain, *every]
+    assert all(isinstance(o, Explanation) for o in outcomes)
+    assert {"lime", "ice", "ebm", "agreement"} <= set(outcomes[-1].method_results)
+    return outcomes  # type: ignore[return-value]
+
+
+def edge_cases(explanation: Explanation) -> list[Explanation]:
+    """Values the writer must treat exactly as json_format does: zeros, -0.0, empty text, non-ASCII."""
+    claim = dict(explanation.claim)
+    text_feature = next((name for name, value in claim.items() if isinstance(value, str)), None)
+    if text_feature is not None:
+        claim[text_feature] = 'Zürich "north" \\ \u2028 ☃'
+    numeric = [name for name, value in claim.items() if isinstance(value, float)]
+    for name, value in zip(numeric, (0.0, -0.0, 1e-300, 12345678901234.5)):
+        claim[name] = value
+    contributions = [(feature, claim[feature], shap) for feature, _, shap in explanation.contributions]
+    contributions[0] = (contributions[0][0], contributions[0][1], 0.0)
+    contributions[-1] = (contributions[-1][0], contributions[-1][1], -0.0)
+    codes = [dataclasses.replace(code, weight=0.0, text="") for code in explanation.reason_codes[:1]]
+    return [
+        dataclasses.replace(explanation, claim=claim, contributions=contributions),
+        dataclasses.replace(explanation, claim_id="", score=0.0, base_value=-0.0, raw_score=float("1e-17"),
+                            seed=0, top_k=0, rationale="", reason_codes=codes, methods=(), device=""),
+        dataclasses.replace(explanation, seed=2**64 - 1, lime_samples=5000, reason_codes=[]),
+    ]
+
+
+POLICIES = {
+    "raw": RedactionPolicy(),
+    "hmac-all": RedactionPolicy(default="hmac", hmac_key=HMAC_KEY),
+    "drop-all": RedactionPolicy(default="drop"),
+    "mixed": RedactionPolicy(fields={"claim_amount": "hmac", "policy_tenure_months": "drop", "fault": "hmac",
+                                     "claimant_age": "hmac", "vehicle_age_years": "drop"}, hmac_key=HMAC_KEY),
+}
+
+
+@pytest.mark.parametrize("policy_name", sorted(POLICIES))
+def test_body_matches_json_format_on_real_and_edge_explanations(explanations: list[Explanation],
+                                                                 policy_name: str) -> None:
+    policy = POLICIES[policy_name]
+    cases = [*explanations, *[case for e in explanations[:2] + explanations[-1:] for case in edge_cases(e)]]
+    for explanation in cases:
+        body, source = write_body(explanation, explanation.claim, policy)
+        assert body == reference_body(explanation, explanation.claim, policy)
+        expected_input = documented(risklens_pb2.Receipt(input=to_value_map(explanation.claim)))
+        assert source == (json.dumps(json.loads(expected_input)["input"], sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False) if expected_input != "{}" else "{}")
+    # The redaction really happened: no raw text of a redacted field survives.
+    if policy_name != "raw":
+        body, _ = write_body(cases[-4], cases[-4].claim, policy)
+        parsed = json_format.Parse(body, risklens_pb2.Receipt())
+        for contribution in parsed.explanation.contributions:
+            if policy.action(contribution.feature) == "drop":
+                assert not contribution.HasField("value")
+            elif policy.action(contribution.feature) == "hmac":
+                assert contribution.value.text.startswith("hmac-sha256:")
+
+
+def test_values_of_equal_keys_but_different_types_stay_apart() -> None:
+    # True == 1 == 1.0 as dict keys: the memo must still tell them apart.
+    assert input_json({"a": True}) == '{"a":{"flag":true}}'
+    assert input_json({"a": 1}) == '{"a":{"number":1.0}}'
+    assert input_json({"a": 1.0, "b": float("nan"), "c": None}) == \
+        '{"a":{"number":1.0},"b":{"null":"NULL_VALUE"},"c":{"null":"NULL_VALUE"}}'
+
+
+def test_hmac_policy_without_a_key_is_refused(explanations: list[Explanation]) -> None:
+    from risklens.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="HMAC"):
+        write_body(explanations[0], explanations[0].claim, RedactionPolicy(default="hmac"))
