@@ -100,28 +100,39 @@ def concurrent(target: str, batch: list, per_client: int) -> tuple[list[float], 
     return timings, len(timings) / (time.perf_counter() - began)
 
 
-def record_alone(calls: int) -> list[float]:
-    """AuditStore.record() of one real explanation per call (SQLite, WAL, synchronous=FULL)."""
-    from risklens.audit import AuditEntry, RedactionPolicy, new_receipt_id, open_store
+def audit_entries(count: int, seed: int) -> list:  # list[AuditEntry]
+    """What the server hands the store: the core's Explanation of a real claim, a fresh receipt each."""
+    import dataclasses
+
+    from risklens.audit import AuditEntry, RedactionPolicy, new_receipt_id
     from risklens.core import ClaimInput, ExplainService
     from risklens.datasets import generate_claims
     from risklens.registry import ModelRegistry
-    from risklens.v1 import risklens_pb2
+    from risklens.wire import model_ref
 
     registry = ModelRegistry.from_directory(REPO / "models")
-    frame, _ = generate_claims(50, 5)
+    frame, _ = generate_claims(50, seed)
     explained = ExplainService(registry).explain_batch(
         "demo-xgb", [ClaimInput(frame.iloc[i].to_dict()) for i in range(len(frame))])
-    policy = RedactionPolicy.from_manifest(registry.get("demo-xgb").manifest.audit)
+    model = registry.get("demo-xgb")
+    policy, ref = RedactionPolicy.from_manifest(model.manifest.audit), model_ref(model)
+    entries = []
+    for index in range(count):
+        source = dataclasses.replace(explained[index % len(explained)], receipt_id=new_receipt_id(),
+                                     created_at=datetime.now(UTC))
+        entries.append(AuditEntry(source.receipt_id, source.created_at, ref, source.claim, source, policy))
+    return entries
+
+
+def record_alone(calls: int) -> list[float]:
+    """AuditStore.record() of one real explanation per call (SQLite, WAL, synchronous=FULL)."""
+    from risklens.audit import open_store
+
+    entries = audit_entries(calls, 5)
     with tempfile.TemporaryDirectory(dir=REPO / ".cache") as directory:
         store = open_store(f"sqlite:///{directory}/audit.db")
         timings = []
-        for call in range(calls):
-            source = explained[call % len(explained)]
-            response = risklens_pb2.ExplainResponse()
-            response.CopyFrom(source.response)
-            response.receipt_id = new_receipt_id()
-            entry = AuditEntry(response.receipt_id, datetime.now(UTC), response.model, source.claim, response, policy)
+        for entry in entries:
             began = time.perf_counter()
             store.record([entry])
             timings.append(time.perf_counter() - began)
@@ -131,26 +142,10 @@ def record_alone(calls: int) -> list[float]:
 
 def record_concurrent(calls_per_thread: int) -> tuple[list[float], float]:
     """AuditStore.record() of one explanation per call from 16 threads at once (group commit)."""
-    from risklens.audit import AuditEntry, RedactionPolicy, new_receipt_id, open_store
-    from risklens.core import ClaimInput, ExplainService
-    from risklens.datasets import generate_claims
-    from risklens.registry import ModelRegistry
-    from risklens.v1 import risklens_pb2
+    from risklens.audit import open_store
 
-    registry = ModelRegistry.from_directory(REPO / "models")
-    frame, _ = generate_claims(50, 6)
-    explained = ExplainService(registry).explain_batch(
-        "demo-xgb", [ClaimInput(frame.iloc[i].to_dict()) for i in range(len(frame))])
-    policy = RedactionPolicy.from_manifest(registry.get("demo-xgb").manifest.audit)
-
-    def entry(index: int) -> AuditEntry:
-        source = explained[index % len(explained)]
-        response = risklens_pb2.ExplainResponse()
-        response.CopyFrom(source.response)
-        response.receipt_id = new_receipt_id()
-        return AuditEntry(response.receipt_id, datetime.now(UTC), response.model, source.claim, response, policy)
-
-    entries = [[entry(t * calls_per_thread + c) for c in range(calls_per_thread)] for t in range(CLIENTS)]
+    flat = audit_entries(CLIENTS * calls_per_thread, 6)
+    entries = [flat[t * calls_per_thread:(t + 1) * calls_per_thread] for t in range(CLIENTS)]
     timings: list[float] = []
     lock = threading.Lock()
     barrier = threading.Barrier(CLIENTS + 1)

@@ -17,6 +17,7 @@ from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from risklens import __version__
 from risklens.errors import BatchTooLarge, InvalidRequest, RiskLensError
@@ -24,7 +25,7 @@ from risklens.explainers import EXPLAINERS, ExplainContext, Explainer
 from risklens.explainers.shap import ShapResult
 from risklens.rationale import ReasonCode, ReasonCodeSelector, load_catalogue, render_rationale
 from risklens.registry import LoadedModel, ModelRegistry, claims_frame, validate_claim
-from risklens.registry.schema import FeatureValue
+from risklens.registry.schema import FeatureValue, columns_frame, validate_columns
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Explanation:
     lime_samples: int
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     method_results: dict[str, Any] = field(default_factory=dict)
+    # SHAP values in the manifest's feature order (``contributions`` holds them largest first).
+    shap_values: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @cached_property
     def response(self) -> Any:
@@ -110,6 +113,7 @@ class ExplainService:
         self.audit = audit
         self._explainers: dict[tuple[str, str, str], Explainer] = {}
         self._selectors: dict[tuple[str, str], ReasonCodeSelector] = {}
+        self._audit_contexts: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup helpers
@@ -170,80 +174,133 @@ class ExplainService:
             raise BatchTooLarge(f"batch of {len(claims)} claims exceeds the limit of "
                                 f"{self.settings.max_batch_size}", field="claims")
         model = self.registry.get(model_name, version)
+        methods, device, top_k = self._resolve_options(model, options)
+        outcomes: list[Explanation | RiskLensError | None] = [None] * len(claims)
+        valid: list[int] = []
+        checked: list[dict[str, FeatureValue]] = []
+        for i, claim in enumerate(claims):
+            try:
+                checked.append(validate_claim(model.manifest, claim.features))
+                valid.append(i)
+            except RiskLensError as exc:
+                outcomes[i] = exc
+        if valid:
+            frame = claims_frame(model.manifest, checked)
+            explanations = self._explain_valid(model, checked, frame, [claims[i].claim_id for i in valid],
+                                               methods, device, top_k, options)
+            for i, explanation in zip(valid, explanations):
+                outcomes[i] = explanation
+        self._log_outcomes(model, methods, len(valid), len(claims) - len(valid))
+        return outcomes  # type: ignore[return-value]
+
+    def explain_frame(self, model_name: str, frame: pd.DataFrame, *, claim_ids: Sequence[str] | None = None,
+                      version: str = "", options: ExplainOptions | None = None) -> list[Explanation | RiskLensError]:
+        """Explain every row of a claims table (batch runs): ``explain_batch`` for tables.
+
+        Rows are validated column by column (``validate_columns``: the same contract and messages
+        as ``validate_claim``); each invalid row gets its own error and the rest are explained.
+        There is no batch-size limit: callers size their chunks. Outcomes are in row order.
+        """
+        options = options or ExplainOptions()
+        model = self.registry.get(model_name, version)
+        methods, device, top_k = self._resolve_options(model, options)
+        columns, valid, errors = validate_columns(model.manifest, frame)
+        outcomes: list[Explanation | RiskLensError | None] = [None] * len(frame)
+        for row, error in errors.items():
+            outcomes[row] = error
+        if len(valid):
+            names = model.manifest.feature_names
+            claims = [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
+            ids = [claim_ids[row] for row in valid] if claim_ids is not None else [""] * len(valid)
+            explanations = self._explain_valid(model, claims, columns_frame(model.manifest, columns), ids,
+                                               methods, device, top_k, options)
+            for row, explanation in zip(valid.tolist(), explanations):
+                outcomes[row] = explanation
+        self._log_outcomes(model, methods, len(valid), len(errors))
+        return outcomes  # type: ignore[return-value]
+
+    def _resolve_options(self, model: LoadedModel, options: ExplainOptions) -> tuple[tuple[str, ...], str, int]:
         methods = self.resolve_methods(model, options.methods)
         device = (options.device or self.settings.device).lower()
         if device not in DEVICES:
             raise InvalidRequest(f"device must be one of {DEVICES}, got {device!r}", field="options.device")
-        top_k = options.top_k or self.settings.top_k
+        return methods, device, options.top_k or self.settings.top_k
 
-        outcomes: list[Explanation | RiskLensError | None] = [None] * len(claims)
-        valid: list[tuple[int, dict[str, FeatureValue]]] = []
-        for i, claim in enumerate(claims):
-            try:
-                valid.append((i, validate_claim(model.manifest, claim.features)))
-            except RiskLensError as exc:
-                outcomes[i] = exc
-        if valid:
-            from risklens.audit import new_receipt_id
+    @staticmethod
+    def _log_outcomes(model: LoadedModel, methods: tuple[str, ...], explained: int, rejected: int) -> None:
+        log.info("explained %d claim(s) with %s v%s [%s]; %d rejected", explained, model.name, model.version,
+                 ",".join(methods), rejected)
 
-            receipts = [new_receipt_id() for _ in valid]
-            seeds = [options.seed if options.seed is not None else seed_from_receipt(r) for r in receipts]
-            explanations = self._explain_valid(
-                model, [c for _, c in valid], [claims[i].claim_id for i, _ in valid], receipts, seeds,
-                methods, device, top_k, options.lime_samples)
-            self._record(model, explanations)
-            for (i, _), explanation in zip(valid, explanations):
-                outcomes[i] = explanation
-        n_bad = sum(isinstance(o, RiskLensError) for o in outcomes)
-        log.info("explained %d claim(s) with %s v%s [%s]; %d rejected", len(valid), model.name, model.version,
-                 ",".join(methods), n_bad)
-        return outcomes  # type: ignore[return-value]
+    def _explain_valid(self, model: LoadedModel, claims: list[dict[str, FeatureValue]], frame: pd.DataFrame,
+                       claim_ids: list[str], methods: tuple[str, ...], device: str, top_k: int,
+                       options: ExplainOptions) -> list[Explanation]:
+        """Explain validated claims (``frame`` holds the same rows), then record them in the audit trail.
 
-    def _explain_valid(self, model: LoadedModel, claims: list[dict[str, FeatureValue]], claim_ids: list[str],
-                       receipts: list[str], seeds: list[int], methods: tuple[str, ...], device: str,
-                       top_k: int, lime_samples: int) -> list[Explanation]:
-        frame = claims_frame(model.manifest, claims)
-        context = ExplainContext(top_k=top_k, device=device, seeds=seeds, lime_samples=lime_samples,
+        Per-claim work is done on whole arrays where it can be (scores, contribution order, reason
+        code weights), so one claim and a table chunk take the same code path.
+        """
+        from risklens.audit import new_receipt_id
+
+        receipts = [new_receipt_id() for _ in claims]
+        seeds = [options.seed if options.seed is not None else seed_from_receipt(r) for r in receipts]
+        context = ExplainContext(top_k=top_k, device=device, seeds=seeds, lime_samples=options.lime_samples,
                                  agreement_threshold=self.settings.agreement_threshold)
         for method in methods:
             context.results[method] = self.explainer(model, method).explain(frame, context)
-        selector = self.reason_codes(model)
-        names = model.manifest.feature_names
+        shap_rows: list[ShapResult] = context.results["shap"]
+        values = np.vstack([result.values for result in shap_rows])
         manifest = model.manifest
+        scores = model.score_from_raw(np.array([result.raw_score for result in shap_rows])).tolist()
+        order = np.argsort(-np.abs(values), axis=1, kind="stable")
+        ordered_shap = np.take_along_axis(values, order, axis=1).tolist()
+        ordered_names = np.asarray(manifest.feature_names, dtype=object)[order].tolist()
+        reason_codes = self.reason_codes(model).select_rows(claims, values, top_k)
+        extras = [m for m in methods if m != "shap"]
+        model_label = manifest.description or manifest.name
+        created_at = datetime.now(UTC)
         explanations = []
         for row, claim in enumerate(claims):
-            shap_result: ShapResult = context.results["shap"][row]
-            score = float(model.score_from_raw(np.array([shap_result.raw_score]))[0])
+            shap_result = shap_rows[row]
+            score = scores[row]
             decision = "refer" if score >= manifest.threshold else "pass"
-            order = np.argsort(-np.abs(shap_result.values), kind="stable")
-            contributions = [(names[j], claim[names[j]], float(shap_result.values[j])) for j in order]
-            codes = selector.select(claim, shap_result.values, top_k)
-            extras = {m: context.results[m][row] for m in methods if m != "shap"}
-            agreement = extras.get("agreement")
+            names = ordered_names[row]
+            method_results = {m: context.results[m][row] for m in extras}
+            agreement = method_results.get("agreement")
+            codes = reason_codes[row]
             rationale = render_rationale(
-                model_label=manifest.description or manifest.name, score=score, threshold=manifest.threshold,
-                decision=decision, reason_codes=codes,
-                agreement_summary=getattr(agreement, "summary", "") if agreement is not None else "")
+                model_label=model_label, score=score, threshold=manifest.threshold, decision=decision,
+                reason_codes=codes, agreement_summary=getattr(agreement, "summary", "") if agreement is not None else "")
             explanations.append(Explanation(
                 receipt_id=receipts[row], claim_id=claim_ids[row], model=model, claim=claim, score=score,
                 raw_score=shap_result.raw_score, base_value=shap_result.base_value,
                 output_space=shap_result.output_space, threshold=manifest.threshold, decision=decision,
-                contributions=contributions, reason_codes=codes, rationale=rationale, seed=seeds[row],
-                device=shap_result.device, shap_engine=shap_result.engine, top_k=top_k, methods=methods,
-                lime_samples=lime_samples, method_results=extras))
+                contributions=list(zip(names, map(claim.__getitem__, names), ordered_shap[row])),
+                reason_codes=codes, rationale=rationale, seed=seeds[row], device=shap_result.device,
+                shap_engine=shap_result.engine, top_k=top_k, methods=methods, lime_samples=options.lime_samples,
+                created_at=created_at, method_results=method_results, shap_values=values[row]))
+        self._record(model, explanations)
         return explanations
 
     def _record(self, model: LoadedModel, explanations: list[Explanation]) -> None:
         """Make the explanations durable in the audit trail; raises (and returns nothing) if that fails."""
         if self.audit is None:
             return
-        from risklens.audit import AuditEntry, RedactionPolicy
-        from risklens.wire import model_ref
+        from risklens.audit import AuditEntry
 
-        policy = RedactionPolicy.from_manifest(model.manifest.audit)
-        ref = model_ref(model)
+        policy, ref = self._audit_context(model)
         self.audit.record([
             AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=ref, input=e.claim,
                        explanation=e, policy=policy)
             for e in explanations
         ])
+
+    def _audit_context(self, model: LoadedModel) -> tuple[Any, Any]:
+        """The model's redaction policy and its ModelRef, built once per loaded model."""
+        from risklens.audit import RedactionPolicy
+        from risklens.wire import model_ref
+
+        with self._lock:
+            if model.key not in self._audit_contexts:
+                self._audit_contexts[model.key] = (RedactionPolicy.from_manifest(model.manifest.audit),
+                                                   model_ref(model))
+            return self._audit_contexts[model.key]

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from risklens.audit import RedactionPolicy
-from risklens.audit._body import input_json, write_body
+from risklens.audit._body import _EXPLANATION_FIELDS, write_body
 from risklens.audit._canonical import to_value_map
 from risklens.core import ClaimInput, ExplainOptions, ExplainService, Explanation
 from risklens.v1 import risklens_pb2
@@ -106,7 +106,15 @@ def test_body_matches_json_format_on_real_and_edge_explanations(explanations: li
                 assert contribution.value.text.startswith("hmac-sha256:")
 
 
-def test_values_of_equal_keys_but_different_types_stay_apart() -> None:
+def test_explanation_fields_are_written_in_name_order() -> None:
+    assert list(_EXPLANATION_FIELDS) == sorted(f.name for f in risklens_pb2.ExplainResponse.DESCRIPTOR.fields)
+
+
+def test_values_of_equal_keys_but_different_types_stay_apart(explanations: list[Explanation]) -> None:
+    def input_json(claim: dict[str, Any]) -> str:
+        explanation = dataclasses.replace(explanations[0], claim=claim, contributions=[])
+        return write_body(explanation, claim, RedactionPolicy())[1]
+
     # True == 1 == 1.0 as dict keys: the memo must still tell them apart.
     assert input_json({"a": True}) == '{"a":{"flag":true}}'
     assert input_json({"a": 1}) == '{"a":{"number":1.0}}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -13,8 +14,8 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from risklens.audit._canonical import (body_sha256, canonical_message, checkpoint_payload, input_sha256,
-                                       record_hash, to_value_map)
+from risklens.audit._canonical import (body_sha256, canonical_message, checkpoint_payload, format_time,
+                                       header_hash, input_sha256, record_hash, to_value_map)
 from risklens.v1 import risklens_pb2
 
 
@@ -137,3 +138,22 @@ def test_canonical_writer_matches_json_format_on_real_explanations(explained: li
         receipt = risklens_pb2.Receipt(receipt_id="r", sequence=7, input=values, explanation=item.response)
         assert canonical_message(receipt) == documented_form(receipt)
         assert canonical_message(item.response) == documented_form(item.response)
+
+
+@settings(max_examples=200, deadline=None)
+@given(receipt_id=TEXTS, sequence=st.integers(0, 2**64 - 1), created_at=TEXTS, input_hash=TEXTS, prev_hash=TEXTS,
+       body_hash=TEXTS, model_fields=st.lists(TEXTS, min_size=4, max_size=4))
+def test_header_hash_is_record_hash(receipt_id: str, sequence: int, created_at: str, input_hash: str,
+                                    prev_hash: str, body_hash: str, model_fields: list[str]) -> None:
+    model = risklens_pb2.ModelRef(name=model_fields[0], version=model_fields[1], sha256=model_fields[2],
+                                  framework=model_fields[3])
+    receipt = risklens_pb2.Receipt(receipt_id=receipt_id, sequence=sequence, created_at=created_at, model=model,
+                                   input_sha256=input_hash, prev_hash=prev_hash, body_sha256=body_hash)
+    assert header_hash(receipt_id=receipt_id, sequence=sequence, created_at=created_at,
+                       model_json=canonical_message(model).decode("utf-8"), input_sha256=input_hash,
+                       prev_hash=prev_hash, body_sha256=body_hash) == record_hash(receipt)
+
+
+@given(moment=st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.just(UTC)))
+def test_format_time_is_the_fixed_width_rfc3339_form(moment: datetime) -> None:
+    assert format_time(moment) == moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

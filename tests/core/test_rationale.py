@@ -56,3 +56,22 @@ def test_rationale_is_deterministic_and_states_score_decision_and_reasons():
 
 def test_format_value():
     assert [format_value(v) for v in (None, True, 3.0, 1234.5, "x")] == ["missing", "yes", "3", "1,234.50", "x"]
+
+
+def test_code_texts_are_reused_only_between_claims_that_read_the_same_values():
+    """Renderings are shared by the values a text reads; a text that reads other features stays per claim."""
+    manifest = _manifest()
+    catalogue = Catalogue.model_validate({"codes": [
+        {"code": "F1", "features": ["fault"], "raises": "fault {{ fault }} with witness {{ claim['witness'] }}",
+         "lowers": "fault lowered ({{ claim | length }} features)"}]}).completed(manifest)
+    selector = ReasonCodeSelector(catalogue, manifest)
+    claims = [{"capital-gains": 1.0, "fault": "holder", "witness": witness, "age": age}
+              for witness in (True, False) for age in (3.0, None)]
+    shap = np.array([[0.0, 0.5, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0.0, -0.5, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0]])
+    rows = selector.select_rows(claims, shap, top_k=1)
+    assert [codes[0].text for codes in rows] == [
+        "fault holder with witness yes", "fault holder with witness yes", "fault lowered (4 features)",
+        "fault holder with witness no"]
+    # One claim at a time gives the same codes, texts and weights, bit for bit.
+    for claim, values, codes in zip(claims, shap, rows):
+        assert selector.select(claim, values, top_k=1) == codes

@@ -74,13 +74,8 @@ def _stored_value(policy: RedactionPolicy, name: str, value_text: str) -> str | 
     return None
 
 
-def input_json(claim: Mapping[str, Any]) -> str:
-    """The canonical input (before redaction) whose sha256 is a record's ``input_sha256``."""
-    return "{" + ",".join([_key(name) + value_json(claim[name]) for name in sorted(claim)]) + "}"
-
-
 @lru_cache(maxsize=256)
-def _model_json(name: str, version: str, sha256: str, framework: str) -> str:
+def model_json(name: str, version: str, sha256: str, framework: str) -> str:
     from risklens.v1 import risklens_pb2
 
     return canonical_message(risklens_pb2.ModelRef(name=name, version=version, sha256=sha256,
@@ -95,92 +90,134 @@ def _library_versions_json() -> str:
     return "{" + ",".join([_key(name) + encode_basestring(versions[name]) for name in sorted(versions)]) + "}"
 
 
+@lru_cache(maxsize=1024)
+def _settings_parts(device: str, lime_samples: int, methods: tuple[str, ...], shap_engine: str,
+                    top_k: int) -> tuple[str, str]:
+    """ExplainSettings' canonical JSON around its one per-claim field, the seed: (before, after)."""
+    before = []
+    if device:
+        before.append('"device":' + encode_basestring(device))
+    before.append('"library_versions":' + _library_versions_json())
+    if lime_samples:
+        before.append('"lime_samples":' + str(lime_samples))
+    if methods:
+        before.append('"methods":[' + ",".join(map(encode_basestring, methods)) + "]")
+    after = []
+    if shap_engine:
+        after.append('"shap_engine":' + encode_basestring(shap_engine))
+    if top_k:
+        after.append('"top_k":' + str(top_k))
+    return "{" + ",".join(before), ",".join(after) + "}"
+
+
 def _settings_json(e: Explanation) -> str:
+    before, after = _settings_parts(e.device, e.lime_samples, e.methods, e.shap_engine, e.top_k)
+    seed = ',"seed":"' + str(e.seed) + '"' if e.seed else ""  # uint64 is a JSON string
+    return before + seed + ("," + after if after != "}" else after)
+
+
+@lru_cache(maxsize=4096)
+def _reason_code_prefix(code: str, direction: str, features: tuple[str, ...]) -> str:
     parts = []
-    if e.device:
-        parts.append('"device":' + encode_basestring(e.device))
-    parts.append('"library_versions":' + _library_versions_json())
-    if e.lime_samples:
-        parts.append('"lime_samples":' + str(e.lime_samples))
-    if e.methods:
-        parts.append('"methods":[' + ",".join(map(encode_basestring, e.methods)) + "]")
-    if e.seed:
-        parts.append('"seed":"' + str(e.seed) + '"')  # uint64 is a JSON string
-    if e.shap_engine:
-        parts.append('"shap_engine":' + encode_basestring(e.shap_engine))
-    if e.top_k:
-        parts.append('"top_k":' + str(e.top_k))
-    return "{" + ",".join(parts) + "}"
+    if code:
+        parts.append('"code":' + encode_basestring(code))
+    if direction:
+        parts.append('"direction":' + encode_basestring(direction))
+    if features:
+        parts.append('"features":[' + ",".join(map(encode_basestring, features)) + "]")
+    return "{" + ",".join(parts)
 
 
 def _reason_code_json(code: Any) -> str:
-    parts = []
-    if code.code:
-        parts.append('"code":' + encode_basestring(code.code))
-    if code.direction:
-        parts.append('"direction":' + encode_basestring(code.direction))
-    if code.features:
-        parts.append('"features":[' + ",".join(map(encode_basestring, code.features)) + "]")
+    prefix = _reason_code_prefix(code.code, code.direction, code.features)
+    separator = "," if prefix != "{" else ""
+    text = ""
     if code.text:
-        parts.append('"text":' + encode_basestring(code.text))
-    if _is_set(code.weight):
-        parts.append('"weight":' + _double(code.weight))
-    return "{" + ",".join(parts) + "}"
+        text, separator = separator + '"text":' + encode_basestring(code.text), ","
+    weight = separator + '"weight":' + _double(code.weight) if _is_set(code.weight) else ""
+    return prefix + text + weight + "}"
 
 
-def _contributions_json(e: Explanation, policy: RedactionPolicy, raw: bool) -> str:
+@lru_cache(maxsize=4096)
+def _contribution_prefix(feature: str) -> str:
+    return '{"feature":' + encode_basestring(feature)
+
+
+def _contributions_json(contributions: list[tuple[str, Any, float]], stored: Mapping[str, str | None]) -> str:
+    """``stored``: each feature's value as the record keeps it (None: dropped)."""
     items = []
-    for feature, value, shap in e.contributions:
-        text = '{"feature":' + encode_basestring(feature)
-        if _is_set(shap):
-            text += ',"shap":' + _double(shap)
-        stored = value_json(value) if raw else _stored_value(policy, feature, value_json(value))
-        items.append(text + (',"value":' + stored + "}" if stored is not None else "}"))
+    for feature, value, shap in contributions:
+        text = stored[feature] if feature in stored else value_json(value)
+        items.append(_contribution_prefix(feature)
+                     + (',"shap":' + (float.__repr__(shap) if shap - shap == 0.0 else _json_double(shap))
+                        if shap or _is_set(shap) else "")
+                     + (',"value":' + text + "}" if text is not None else "}"))
     return "[" + ",".join(items) + "]"
 
 
-def _method_json(e: Explanation, method: str, policy: RedactionPolicy, raw: bool) -> str:
+def _method_json(e: Explanation, method: str, policy: RedactionPolicy) -> str:
     message = e.method_results[method].to_proto()
-    if not raw and method == "ice":
+    if method == "ice" and not policy.is_raw:
         policy.redact_holders(message.features)
     return canonical_message(message).decode("utf-8")
 
 
-def explanation_json(e: Explanation, policy: RedactionPolicy) -> str:
-    """Canonical JSON of ``risklens.wire.explanation_to_proto(e)`` after the policy's redaction."""
-    raw = policy.is_raw
-    fields: dict[str, str] = {
-        "contributions": _contributions_json(e, policy, raw) if e.contributions else "",
-        "model": _model_json(e.model.manifest.name, e.model.manifest.version, e.model.manifest.sha256,
-                             e.model.manifest.framework),
-        "output_space": _OUTPUT_SPACE_NAMES[e.output_space],
-        "reason_codes": "[" + ",".join(map(_reason_code_json, e.reason_codes)) + "]" if e.reason_codes else "",
-        "settings": _settings_json(e),
-    }
-    for name in ("claim_id", "decision", "rationale", "receipt_id"):
-        text = getattr(e, name)
-        fields[name] = encode_basestring(text) if text else ""
-    for name in ("base_value", "raw_score", "score", "threshold"):
-        number = getattr(e, name)
-        fields[name] = _double(number) if _is_set(number) else ""
-    for method in e.method_results:
-        fields[method] = _method_json(e, method, policy, raw)
-    return "{" + ",".join([_key(name) + fields[name] for name in sorted(fields) if fields[name]]) + "}"
+# ExplainResponse's fields in name order (the canonical order; tests/audit/test_body.py checks it).
+_EXPLANATION_FIELDS = ("agreement", "base_value", "claim_id", "contributions", "decision", "ebm", "ice", "lime",
+                       "model", "output_space", "permutation", "rationale", "raw_score", "reason_codes",
+                       "receipt_id", "score", "settings", "threshold")
+
+
+def _text(name: str, text: str) -> str:
+    return "," + _key(name) + encode_basestring(text) if text else ""
+
+
+def _number(name: str, number: float) -> str:
+    return "," + _key(name) + _double(number) if number or _is_set(number) else ""
+
+
+def explanation_json(e: Explanation, policy: RedactionPolicy, stored: Mapping[str, str | None]) -> str:
+    """Canonical JSON of ``risklens.wire.explanation_to_proto(e)`` after the policy's redaction.
+
+    ``stored``: each claim value's JSON as the policy stores it (None: dropped). Written field
+    by field in ``_EXPLANATION_FIELDS`` order (every optional method's result is a message field
+    written only when present).
+    """
+    extras = e.method_results
+
+    def method(name: str) -> str:
+        return "," + _key(name) + _method_json(e, name, policy) if name in extras else ""
+
+    manifest = e.model.manifest
+    text = (method("agreement") + _number("base_value", e.base_value) + _text("claim_id", e.claim_id)
+            + (',"contributions":' + _contributions_json(e.contributions, stored) if e.contributions else "")
+            + _text("decision", e.decision) + method("ebm") + method("ice") + method("lime")
+            + ',"model":' + model_json(manifest.name, manifest.version, manifest.sha256, manifest.framework)
+            + ',"output_space":' + _OUTPUT_SPACE_NAMES[e.output_space] + method("permutation")
+            + _text("rationale", e.rationale) + _number("raw_score", e.raw_score)
+            + (',"reason_codes":[' + ",".join(map(_reason_code_json, e.reason_codes)) + "]" if e.reason_codes else "")
+            + _text("receipt_id", e.receipt_id) + _number("score", e.score)
+            + ',"settings":' + _settings_json(e) + _number("threshold", e.threshold))
+    return "{" + text[1:] + "}"  # every part starts with a comma; "model" is always present
 
 
 def write_body(e: Explanation, claim: Mapping[str, Any], policy: RedactionPolicy) -> tuple[str, str]:
     """(canonical body JSON, canonical input JSON) of the audit record of ``claim``'s explanation."""
-    source = input_json(claim)
+    names = sorted(claim)
+    given = {name: value_json(claim[name]) for name in names}
+    source = "{" + ",".join([_key(name) + given[name] for name in names]) + "}"
     parts = []
     if policy.is_raw:
+        stored: Mapping[str, str | None] = given
         stored_input = source
     else:
-        dropped = sorted(name for name in claim if policy.action(name) == "drop")
+        stored = {name: _stored_value(policy, name, text) for name, text in given.items()}
+        dropped = [name for name in names if stored[name] is None]
         if dropped:
             parts.append('"dropped_fields":[' + ",".join(map(encode_basestring, dropped)) + "]")
-        kept = [(name, _stored_value(policy, name, value_json(claim[name]))) for name in sorted(claim)]
-        stored_input = "{" + ",".join([_key(name) + text for name, text in kept if text is not None]) + "}"
-    parts.append('"explanation":' + explanation_json(e, policy))
+        stored_input = "{" + ",".join([_key(name) + stored[name] for name in names  # type: ignore[operator]
+                                       if stored[name] is not None]) + "}"
+    parts.append('"explanation":' + explanation_json(e, policy, stored))
     if stored_input != "{}":
         parts.append('"input":' + stored_input)
     return "{" + ",".join(parts) + "}", source

@@ -268,7 +268,33 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``: fixed width, so text order is time order."""
     if moment.tzinfo is None:
         raise InvalidRequest("audit timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is the same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ"), several times faster.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def header_hash(*, receipt_id: str, sequence: int, created_at: str, model_json: str, input_sha256: str,
+                prev_hash: str, body_sha256: str) -> str:
+    """``record_hash`` of a record whose ``model`` is set, written from plain fields.
+
+    ``model_json``: the canonical form of its ModelRef. Fields in name order, empty ones left out,
+    the uint64 sequence as a JSON string: exactly what the generated header writer produces
+    (tests/audit/test_canonical.py checks it).
+    """
+    parts = []
+    if body_sha256:
+        parts.append('"body_sha256":' + encode_basestring(body_sha256))
+    if created_at:
+        parts.append('"created_at":' + encode_basestring(created_at))
+    if input_sha256:
+        parts.append('"input_sha256":' + encode_basestring(input_sha256))
+    parts.append('"model":' + model_json)
+    if prev_hash:
+        parts.append('"prev_hash":' + encode_basestring(prev_hash))
+    if receipt_id:
+        parts.append('"receipt_id":' + encode_basestring(receipt_id))
+    if sequence:
+        parts.append('"sequence":"' + str(sequence) + '"')
+    return sha256_hex(("{" + ",".join(parts) + "}").encode("utf-8"))
 
 
 def export_items(store: Any, from_time: str = "", to_time: str = "", model: str = ""

@@ -28,8 +28,8 @@ from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceip
                              ManifestError, ReceiptNotFound, RiskLensError)
 from risklens.v1 import risklens_pb2
 
-from ._body import write_body
-from ._canonical import SCHEMA_VERSION, body_text, format_time, input_sha256, record_hash, sha256_hex, to_value_map
+from ._body import model_json, write_body
+from ._canonical import SCHEMA_VERSION, body_text, format_time, header_hash, input_sha256, sha256_hex, to_value_map
 from ._policy import AuditEntry
 from ._signing import SIGNING_KEY_ENV, load_signing_key, sign_checkpoint
 from ._verify import ChainVerifier, VerifyReport
@@ -69,12 +69,28 @@ _SCHEMA = [
         public_key TEXT NOT NULL)""",
 ]
 _READ_CHUNK = 1000
+# Records between background WAL checkpoints (SQLite's own default is every 1000 pages, about 250
+# records at 3-4 pages each).
+_WAL_CHECKPOINT_RECORDS = 250
 
 
-def _prepare(entry: AuditEntry) -> tuple[risklens_pb2.Receipt, bytes, str | None]:
+class _Prepared:
+    """One record ready to append: everything but its chain position and links."""
+
+    __slots__ = ("receipt_id", "created_at", "model", "model_json", "input_sha256", "body_sha256", "body",
+                 "retain_until")
+
+    def __init__(self, receipt_id: str, created_at: str, model: risklens_pb2.ModelRef, input_sha256: str,
+                 body: bytes, retain_until: str | None) -> None:
+        self.receipt_id, self.created_at, self.model = receipt_id, created_at, model
+        self.model_json = model_json(model.name, model.version, model.sha256, model.framework)
+        self.input_sha256, self.body, self.retain_until = input_sha256, body, retain_until
+        self.body_sha256 = sha256_hex(body)
+
+
+def _prepare(entry: AuditEntry) -> _Prepared:
     """Everything about a record that does not depend on its chain position (done outside the lock):
-    its header without the chain links, its canonical body (the bytes stored and hashed), and the
-    end of its retention window.
+    its header fields, its canonical body (the bytes stored and hashed), the end of its retention.
 
     The core hands over its plain ``Explanation`` (written by ``write_body``); an
     ``ExplainResponse`` message (tools, tests) takes the generic path through the message writers.
@@ -89,11 +105,9 @@ def _prepare(entry: AuditEntry) -> tuple[risklens_pb2.Receipt, bytes, str | None
     else:
         body, source = write_body(entry.explanation, entry.input, policy)
         input_hash = sha256_hex(source.encode("utf-8"))
-    stored = body.encode("utf-8")
-    receipt = risklens_pb2.Receipt(receipt_id=entry.receipt_id, created_at=format_time(entry.created_at),
-                                   model=entry.model, input_sha256=input_hash, body_sha256=sha256_hex(stored))
     retain_until = policy.retain_until(entry.created_at)
-    return receipt, stored, retain_until and format_time(retain_until)
+    return _Prepared(entry.receipt_id, format_time(entry.created_at), entry.model, input_hash, body.encode("utf-8"),
+                     retain_until and format_time(retain_until))
 
 
 class _PendingCall:
@@ -101,7 +115,7 @@ class _PendingCall:
 
     __slots__ = ("prepared", "done", "sequences", "error")
 
-    def __init__(self, prepared: list[tuple[risklens_pb2.Receipt, bytes, str | None]]) -> None:
+    def __init__(self, prepared: list[_Prepared]) -> None:
         self.prepared = prepared
         self.done = False
         self.sequences: list[int] = []
@@ -187,6 +201,9 @@ class AuditStore(abc.ABC):
 
     @abc.abstractmethod
     def _after_purge(self) -> None: ...
+
+    def _appended(self, records: int) -> None:
+        """Called after each committed append of ``records`` records."""
 
     def _sql(self, sql: str) -> str:
         return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
@@ -274,29 +291,30 @@ class AuditStore(abc.ABC):
                                                        f"{type(error).__name__}"))
             raise
 
-    def _append(self, prepared: list[tuple[risklens_pb2.Receipt, bytes, str | None]],
-                calls: list[_PendingCall]) -> None:
+    def _append(self, prepared: list[_Prepared], calls: list[_PendingCall]) -> None:
         """One transaction: read the head under the write lock, append, move the head."""
         sequences: list[int] = []
         with self._write_transaction() as connection:
             sequence, head = self._fetchone(connection, self._head_query)
             first_sequence = sequence
             rows = []
-            for receipt, body, retain_until in prepared:
+            for record in prepared:
                 sequence += 1
-                receipt.sequence = sequence
-                receipt.prev_hash = head
-                receipt.record_hash = head = record_hash(receipt)
+                prev_hash = head
+                head = header_hash(receipt_id=record.receipt_id, sequence=sequence, created_at=record.created_at,
+                                   model_json=record.model_json, input_sha256=record.input_sha256,
+                                   prev_hash=prev_hash, body_sha256=record.body_sha256)
                 sequences.append(sequence)
-                rows.append((sequence, receipt.receipt_id, receipt.created_at, receipt.model.name,
-                             receipt.model.version, receipt.model.sha256, receipt.model.framework,
-                             receipt.input_sha256, receipt.body_sha256, receipt.prev_hash, receipt.record_hash,
-                             0, retain_until, body))
+                model = record.model
+                rows.append((sequence, record.receipt_id, record.created_at, model.name, model.version, model.sha256,
+                             model.framework, record.input_sha256, record.body_sha256, prev_hash, head, 0,
+                             record.retain_until, record.body))
             self._executemany(connection, self._insert_records, rows)
             connection.execute(self._update_head, (sequence, head))
             every = self._checkpoint_every
             if self._signing_key is not None and every and sequence // every > first_sequence // every:
                 self._insert_checkpoint(connection, sign_checkpoint(self._signing_key, sequence, head))
+        self._appended(len(rows))
         for call in calls:
             call.finish(sequences=sequences[:len(call.prepared)])
             sequences = sequences[len(call.prepared):]
@@ -462,6 +480,39 @@ class SqliteAuditStore(AuditStore):
         with self._write_transaction() as connection:
             # INTEGER PRIMARY KEY makes the sequence SQLite's rowid: one b-tree fewer to write per record.
             self._create_schema(connection, "BLOB", "INTEGER PRIMARY KEY")
+        # WAL checkpoints (copying the log into the database file, with an fsync of that file)
+        # run on a background thread, not inside whichever request's commit crosses SQLite's
+        # 1000-page mark: a commit stays one append and one fsync of the log.
+        self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+        self._unchecked_records = 0
+        self._checkpoint_due = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_wal, name=f"audit-wal-{path.name}",
+                                              daemon=True)
+        self._checkpointer.start()
+
+    def _appended(self, records: int) -> None:
+        self._unchecked_records += records
+        if self._unchecked_records >= _WAL_CHECKPOINT_RECORDS:
+            self._unchecked_records = 0
+            self._checkpoint_due.set()
+
+    def _checkpoint_wal(self) -> None:
+        connection: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._checkpoint_due.wait()
+                self._checkpoint_due.clear()
+                if self._closed:
+                    return
+                try:
+                    connection = connection or self._connect()
+                    # PASSIVE: copies what it can without waiting for, or blocking, writers and readers.
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (sqlite3.Error, RiskLensError) as error:
+                    log.warning("background WAL checkpoint of %s failed: %s", self.path, error)
+        finally:
+            if connection is not None:
+                connection.close()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -545,6 +596,8 @@ class SqliteAuditStore(AuditStore):
         with self._write_lock:
             if not self._closed:
                 self._closed = True
+                self._checkpoint_due.set()
+                self._checkpointer.join()
                 self._writer.close()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta, nodes
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -16,6 +17,7 @@ from risklens.errors import ManifestError
 from risklens.registry import LoadedModel, Manifest
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+_MAX_CACHED_TEXTS = 100_000  # per model: bounded, since numeric values may never repeat
 
 
 @lru_cache(maxsize=4096)
@@ -90,34 +92,79 @@ def render_template(template: jinja2.Template, values: dict[str, Any]) -> str:
     return "".join(template.root_render_func(template.new_context(values, shared=True)))
 
 
+def _template_features(template: str, feature_names: list[str]) -> tuple[str, ...]:
+    """The features a code text reads (``{{ name }}`` or ``claim["name"]``), so equal values can
+    share one rendering; every feature when the template reads ``claim`` in any other way."""
+    tree = _ENV.parse(template)
+    known = set(feature_names)
+    used = {name for name in meta.find_undeclared_variables(tree) if name in known}
+    claim_uses = [node for node in tree.find_all(nodes.Name) if node.name == "claim"]
+    lookups = [node for node in tree.find_all(nodes.Getitem)
+               if isinstance(node.node, nodes.Name) and node.node.name == "claim"
+               and isinstance(node.arg, nodes.Const) and node.arg.value in known]
+    if len(lookups) != len(claim_uses):
+        return tuple(feature_names)
+    return tuple(sorted(used | {node.arg.value for node in lookups}))
+
+
 class ReasonCodeSelector:
-    """Picks and words a claim's reason codes; built once per model, used for every claim."""
+    """Picks and words claims' reason codes; built once per model, used for every claim."""
 
     def __init__(self, catalogue: Catalogue, manifest: Manifest) -> None:
-        index = {name: i for i, name in enumerate(manifest.feature_names)}
+        names = manifest.feature_names
+        index = {name: i for i, name in enumerate(names)}
         self._specs = catalogue.codes
-        # (n_features, n_codes): a code's weight is the sum of its features' contributions.
-        self._membership = np.zeros((len(index), len(self._specs)))
-        for c, spec in enumerate(self._specs):
-            self._membership[[index[f] for f in spec.features], c] = 1.0
+        self._code_columns = [[index[f] for f in spec.features] for spec in self._specs]
+        self._code_features = [tuple(spec.features) for spec in self._specs]
         self._templates = {"raises": [_compiled(spec.raises) for spec in self._specs],
                            "lowers": [_compiled(spec.lowers) for spec in self._specs]}
+        self._reads = {direction: [_template_features(getattr(spec, direction), names) for spec in self._specs]
+                       for direction in ("raises", "lowers")}
+        # Renderings by (direction, code, shown values of the features the text reads).
+        self._texts: dict[tuple[str, int, tuple[str, ...]], str] = {}
+
+    def weights(self, shap_values: np.ndarray) -> np.ndarray:
+        """(n_claims, n_codes): a code's weight is the sum of its features' contributions.
+
+        Summed feature by feature, in a fixed order, so a claim's weights are the same bits
+        whether it is explained alone or in a table.
+        """
+        values = np.atleast_2d(np.asarray(shap_values, dtype="float64"))
+        weights = np.empty((len(values), len(self._specs)))
+        for c, columns in enumerate(self._code_columns):
+            weights[:, c] = values[:, columns[0]]
+            for column in columns[1:]:
+                weights[:, c] += values[:, column]
+        return weights
 
     def select(self, claim: dict[str, Any], shap_values: np.ndarray, top_k: int) -> list[ReasonCode]:
         """Top ``top_k`` codes that raise the risk (largest first), then the top ``top_k`` that lower it."""
-        weights = np.asarray(shap_values, dtype="float64") @ self._membership
-        order = np.argsort(-weights, kind="stable")
-        raising = [c for c in order[:top_k] if weights[c] > 0]
-        lowering = [c for c in order[::-1][:top_k] if weights[c] < 0]
-        shown = {name: format_value(value) for name, value in claim.items()}
-        context = {**shown, "claim": shown}
-        codes = []
-        for direction, chosen in (("raises", raising), ("lowers", lowering)):
-            for c in chosen:
-                spec = self._specs[c]
-                text = render_template(self._templates[direction][c], context)
-                codes.append(ReasonCode(spec.code, text, direction, float(weights[c]), tuple(spec.features)))
-        return codes
+        return self.select_rows([claim], np.atleast_2d(shap_values), top_k)[0]
+
+    def select_rows(self, claims: list[dict[str, Any]], shap_values: np.ndarray, top_k: int) -> list[list[ReasonCode]]:
+        """``select`` for each claim (row of ``shap_values``), with the weights and ordering done on arrays."""
+        weights = self.weights(shap_values)
+        order = np.argsort(-weights, axis=1, kind="stable")
+        raising = order[:, :top_k].tolist()
+        lowering = order[:, ::-1][:, :top_k].tolist()
+        weight_rows = weights.tolist()
+        chosen = []
+        for claim, row_weights, up, down in zip(claims, weight_rows, raising, lowering):
+            codes = [self._code(claim, "raises", c, row_weights[c]) for c in up if row_weights[c] > 0]
+            codes += [self._code(claim, "lowers", c, row_weights[c]) for c in down if row_weights[c] < 0]
+            chosen.append(codes)
+        return chosen
+
+    def _code(self, claim: dict[str, Any], direction: str, c: int, weight: float) -> ReasonCode:
+        shown = tuple(format_value(claim[name]) for name in self._reads[direction][c])
+        key = (direction, c, shown)
+        text = self._texts.get(key)
+        if text is None:
+            values = dict(zip(self._reads[direction][c], shown))
+            text = render_template(self._templates[direction][c], {**values, "claim": values})
+            if len(self._texts) < _MAX_CACHED_TEXTS:
+                self._texts[key] = text
+        return ReasonCode(self._specs[c].code, text, direction, weight, self._code_features[c])
 
 
 def load_catalogue(model: LoadedModel) -> Catalogue:

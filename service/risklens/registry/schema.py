@@ -79,40 +79,103 @@ def validate_claim(manifest: Manifest, features: Mapping[str, FeatureValue]) -> 
     return clean
 
 
-def claims_frame(manifest: Manifest, claims: Sequence[Mapping[str, FeatureValue]]) -> pd.DataFrame:
-    """Validated claims as a DataFrame: float64 numbers, bool (object when null) flags, str categories.
+def validate_columns(manifest: Manifest, frame: pd.DataFrame
+                     ) -> tuple[dict[str, list[FeatureValue]], np.ndarray, dict[int, SchemaError]]:
+    """Check every row of a table against the schema at once, column by column.
+
+    The same contract as ``validate_claim`` on each row of ``frame_to_claims(frame)`` (the tests
+    check it row by row): a row is rejected with the error of its first bad feature in schema
+    order. Returns the valid rows' canonical values per feature, their positions in ``frame``,
+    and the error of each rejected position. Columns other than the schema's are ignored.
+    """
+    n = len(frame)
+    errors: dict[int, SchemaError] = {}
+    checked: dict[str, list[FeatureValue]] = {}
+    for spec in manifest.features:
+        if spec.name not in frame.columns:
+            error = SchemaError(f"missing feature {spec.name!r} ({spec.type}) for model {manifest.name!r}",
+                                field=spec.name)
+            for row in range(n):
+                errors.setdefault(row, error)
+            continue
+        checked[spec.name] = _check_column(spec, frame[spec.name].to_numpy(dtype=object), errors)
+    valid = np.asarray([row for row in range(n) if row not in errors], dtype=np.intp)
+    if len(valid) == n:
+        return checked, valid, errors
+    return {name: [values[row] for row in valid] for name, values in checked.items()}, valid, errors
+
+
+def _check_column(spec: FeatureSpec, values: np.ndarray, errors: dict[int, SchemaError]) -> list[FeatureValue]:
+    """``_check_value`` over a column; the first error of each row goes into ``errors``.
+
+    Finite in-range floats (most numbers) are accepted inline; other values are checked once per
+    distinct (type, value), since categories and flags repeat all the way down a table.
+    """
+    out: list[FeatureValue] = [None] * len(values)
+    low = -math.inf if spec.min is None else spec.min
+    high = math.inf if spec.max is None else spec.max
+    numeric = spec.type == "numeric"
+    memo: dict[tuple[type, Any], FeatureValue | SchemaError] = {}
+    for row, value in enumerate(values):
+        if numeric and type(value) is float and low <= value <= high and value - value == 0.0:
+            out[row] = value
+            continue
+        key = (type(value), value)
+        try:  # floats are not memoised: -0.0 and NaN must stay exactly as given
+            result = memo.get(key) if not (numeric and isinstance(value, float)) else None
+        except TypeError:  # an unhashable cell: checked (and refused) on its own
+            key, result = None, None
+        if result is None:
+            try:
+                result = _check_value(spec, python_value(value))
+            except SchemaError as error:
+                result = error
+            if key is not None and result is not None and not (numeric and isinstance(value, float)):
+                memo[key] = result
+        if isinstance(result, SchemaError):
+            errors.setdefault(row, result)
+        else:
+            out[row] = result
+    return out
+
+
+def columns_frame(manifest: Manifest, columns: Mapping[str, Sequence[FeatureValue]]) -> pd.DataFrame:
+    """Validated feature columns as a DataFrame: float64 numbers, bool (object when null) flags, str categories.
 
     Columns are built from NumPy arrays: for one claim, pandas' own per-column inference costs
     more than the rest of an explanation.
     """
-    columns: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {}
     for spec in manifest.features:
-        raw = [claim[spec.name] for claim in claims]
+        raw = columns[spec.name]
         if spec.type == "numeric":
-            columns[spec.name] = np.array([np.nan if v is None else v for v in raw], dtype="float64")
+            arrays[spec.name] = np.array([np.nan if v is None else v for v in raw], dtype="float64")
         elif spec.type == "boolean":
-            columns[spec.name] = np.array(raw, dtype=object if None in raw else bool)
+            arrays[spec.name] = np.array(raw, dtype=object if None in raw else bool)
         else:
-            columns[spec.name] = np.array(raw, dtype=object)  # pandas infers its str dtype
-    return pd.DataFrame(columns, copy=False)
+            arrays[spec.name] = np.array(raw, dtype=object)  # pandas infers its str dtype
+    return pd.DataFrame(arrays, copy=False)
+
+
+def claims_frame(manifest: Manifest, claims: Sequence[Mapping[str, FeatureValue]]) -> pd.DataFrame:
+    """Validated claims (dicts) as a DataFrame, like ``columns_frame``."""
+    return columns_frame(manifest, {spec.name: [claim[spec.name] for claim in claims] for spec in manifest.features})
+
+
+def python_value(value: Any) -> FeatureValue:
+    """A table cell as a plain claim value: NaN/NA become None, NumPy scalars Python ones, other objects text."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    return str(value)
 
 
 def frame_to_claims(frame: pd.DataFrame) -> list[dict[str, FeatureValue]]:
     """Rows of a DataFrame as claim dicts with plain Python values (NaN/NA become None)."""
-    claims = []
-    for row in frame.to_dict(orient="records"):
-        claim: dict[str, FeatureValue] = {}
-        for key, value in row.items():
-            if value is None or (not isinstance(value, str) and pd.isna(value)):
-                claim[key] = None
-            elif isinstance(value, (bool, np.bool_)):
-                claim[key] = bool(value)
-            elif isinstance(value, (int, float, np.integer, np.floating)):
-                claim[key] = float(value)
-            else:
-                claim[key] = str(value)
-        claims.append(claim)
-    return claims
+    return [{key: python_value(value) for key, value in row.items()} for row in frame.to_dict(orient="records")]
 
 
 @dataclass(frozen=True)

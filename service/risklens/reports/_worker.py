@@ -21,7 +21,7 @@ import pandas as pd
 
 from risklens.core import ClaimInput, ExplainOptions, ExplainService, Explanation
 from risklens.errors import RiskLensError
-from risklens.registry import ModelRegistry, frame_to_claims
+from risklens.registry import ModelRegistry
 from risklens.settings import Settings
 
 # Flat per-claim columns: a contribution column per feature is "<method>__<feature>".
@@ -75,8 +75,6 @@ class _EntryCollector:
         return taken
 
 
-# Chunks are sized by the run, not by the server's request limit.
-_BATCH_LIMIT = 1_000_000
 _services: dict[tuple[str, bool], tuple[ExplainService, _EntryCollector]] = {}
 _stores: dict[str, Any] = {}
 _cache_lock = threading.Lock()
@@ -91,7 +89,7 @@ def _service(models_dir: str, audited: bool) -> tuple[ExplainService, _EntryColl
     with _cache_lock:
         if key not in _services:
             collector = _EntryCollector()
-            settings = Settings(models_dir=models_dir, max_batch_size=_BATCH_LIMIT)
+            settings = Settings(models_dir=models_dir)
             _services[key] = (ExplainService(ModelRegistry.from_directory(settings.models_dir), settings,
                                              audit=collector if audited else None), collector)
         return _services[key]
@@ -153,23 +151,32 @@ def _method_columns(explanation: Explanation, feature_names: list[str]) -> dict[
     return columns
 
 
-def _result_row(explanation: Explanation, row: int, label: float | None, feature_names: list[str]) -> dict[str, Any]:
-    values = {feature: shap for feature, _, shap in explanation.contributions}
-    record: dict[str, Any] = {
-        "row": row, "claim_id": explanation.claim_id, "receipt_id": explanation.receipt_id,
-        "model": explanation.model.name, "model_version": explanation.model.version,
-        "score": explanation.score, "raw_score": explanation.raw_score, "base_value": explanation.base_value,
-        "threshold": explanation.threshold, "decision": explanation.decision,
-        "reason_codes": [c.code for c in explanation.reason_codes],
-        "reason_texts": [c.text for c in explanation.reason_codes],
-        "rationale": explanation.rationale, "seed": explanation.seed, "shap_engine": explanation.shap_engine,
-        "device": explanation.device, "methods": ",".join(explanation.methods),
+def _results_frame(explained: list[tuple[int, Explanation]], source_rows: list[int], labels: list[float] | None,
+                   feature_names: list[str]) -> pd.DataFrame:
+    """One row per explained claim (``(position in chunk, explanation)``), built column by column."""
+    rows = [e for _, e in explained]
+    columns: dict[str, Any] = {
+        "row": [source_rows[position] for position, _ in explained],
+        "claim_id": [e.claim_id for e in rows], "receipt_id": [e.receipt_id for e in rows],
+        "model": [e.model.name for e in rows], "model_version": [e.model.version for e in rows],
+        "score": [e.score for e in rows], "raw_score": [e.raw_score for e in rows],
+        "base_value": [e.base_value for e in rows], "threshold": [e.threshold for e in rows],
+        "decision": [e.decision for e in rows],
+        "reason_codes": [[c.code for c in e.reason_codes] for e in rows],
+        "reason_texts": [[c.text for c in e.reason_codes] for e in rows],
+        "rationale": [e.rationale for e in rows], "seed": [e.seed for e in rows],
+        "shap_engine": [e.shap_engine for e in rows], "device": [e.device for e in rows],
+        "methods": [",".join(e.methods) for e in rows],
     }
-    if label is not None:
-        record["label"] = label
-    record.update({f"shap{CONTRIBUTION_SEPARATOR}{name}": values[name] for name in feature_names})
-    record.update(_method_columns(explanation, feature_names))
-    return record
+    if labels is not None:
+        columns["label"] = [labels[position] for position, _ in explained]
+    shap = np.vstack([e.shap_values for e in rows]) if rows else np.empty((0, len(feature_names)))
+    columns.update({f"shap{CONTRIBUTION_SEPARATOR}{name}": shap[:, j] for j, name in enumerate(feature_names)})
+    frame = pd.DataFrame(columns)
+    extras = [_method_columns(e, feature_names) for e in rows]
+    if any(extras):  # only the sampled rows carry them; the others are empty (NaN / None)
+        frame = pd.concat([frame, pd.DataFrame(extras, index=frame.index)], axis=1)
+    return frame
 
 
 def explain_chunk(task: ChunkTask) -> ChunkOutcome:
@@ -177,36 +184,32 @@ def explain_chunk(task: ChunkTask) -> ChunkOutcome:
     service, collector = _service(task.models_dir, task.audit_url is not None)
     model = service.registry.get(task.model, task.version)
     feature_names = model.manifest.feature_names
-    claims = frame_to_claims(task.features)
     rows = task.features.index.to_list()
     sampled = np.asarray(task.sampled, dtype=bool)
     base = dict(top_k=task.top_k, device=task.device, lime_samples=task.lime_samples, seed=task.seed)
-    outcomes: list[Explanation | RiskLensError | None] = [None] * len(claims)
+    outcomes: list[Explanation | RiskLensError | None] = [None] * len(rows)
     collector.take()  # nothing from an earlier, failed call may leak into this chunk's entries
     # Two calls at most: SHAP-only rows, and the sampled rows with the extra methods.
     for selected, methods in ((~sampled, ()), (sampled, task.methods)):
         positions = np.flatnonzero(selected)
         if not len(positions):
             continue
-        batch = [ClaimInput(claims[p], task.claim_ids[p]) for p in positions]
-        explained = service.explain_batch(task.model, batch, version=task.version,
+        explained = service.explain_frame(task.model, task.features.iloc[positions],
+                                          claim_ids=[task.claim_ids[p] for p in positions], version=task.version,
                                           options=ExplainOptions(methods=methods, **base))
-        for p, outcome in zip(positions, explained):
+        for p, outcome in zip(positions.tolist(), explained):
             outcomes[p] = outcome
     entries = collector.take()
-    results, rejects = [], []
-    for p, outcome in enumerate(outcomes):
-        if isinstance(outcome, RiskLensError):
-            rejects.append({"row": rows[p], "claim_id": task.claim_ids[p], "code": outcome.code,
-                            "field": outcome.field or "", "reason": outcome.message})
-        else:
-            label = task.labels[p] if task.labels is not None else None
-            results.append(_result_row(outcome, rows[p], label, feature_names))
+    rejects = [{"row": rows[p], "claim_id": task.claim_ids[p], "code": outcome.code, "field": outcome.field or "",
+                "reason": outcome.message}
+               for p, outcome in enumerate(outcomes) if isinstance(outcome, RiskLensError)]
+    explained_rows = [(p, outcome) for p, outcome in enumerate(outcomes) if isinstance(outcome, Explanation)]
+    results = _results_frame(explained_rows, rows, task.labels, feature_names)
     out = Path(task.out_dir)
     # Order matters for resume: rejects, then the whole pending file, then the audit records.
     atomic_parquet(pd.DataFrame(rejects, columns=["row", "claim_id", "code", "field", "reason"]),
                    chunk_file(out, task.index, "rejects"))
-    atomic_parquet(pd.DataFrame(results), chunk_file(out, task.index, suffix=".pending.parquet"))
+    atomic_parquet(results, chunk_file(out, task.index, suffix=".pending.parquet"))
     if task.audit_url and entries:
         _store(task.audit_url).record(entries)
-    return ChunkOutcome(task.index, len(results), len(rejects))
+    return ChunkOutcome(task.index, len(explained_rows), len(rejects))
