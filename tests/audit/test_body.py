@@ -66,7 +66,7 @@ def edge_cases(explanation: Explanation) -> list[Explanation]:
     contributions = [(feature, claim[feature], shap) for feature, _, shap in explanation.contributions]
     contributions[0] = (contributions[0][0], contributions[0][1], 0.0)
     contributions[-1] = (contributions[-1][0], contributions[-1][1], -0.0)
-    codes = [dataclasses.replace(code, weight=0.0, text="") for code in explanation.reason_codes[:1]]
+    codes = [code._replace(weight=0.0, text="") for code in explanation.reason_codes[:1]]
     return [
         dataclasses.replace(explanation, claim=claim, contributions=contributions),
         dataclasses.replace(explanation, claim_id="", score=0.0, base_value=-0.0, raw_score=float("1e-17"),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 from jinja2 import meta, nodes
@@ -67,8 +66,9 @@ class Catalogue(BaseModel):
         return Catalogue(codes=[*self.codes, *generic])
 
 
-@dataclass(frozen=True)
-class ReasonCode:
+class ReasonCode(NamedTuple):
+    """One selected reason code (a tuple: cheap to build for every code of every claim)."""
+
     code: str
     text: str
     direction: str  # "raises" | "lowers"
@@ -156,11 +156,13 @@ class ReasonCodeSelector:
         return chosen
 
     def _code(self, claim: dict[str, Any], direction: str, c: int, weight: float) -> ReasonCode:
-        shown = tuple(format_value(claim[name]) for name in self._reads[direction][c])
+        reads = self._reads[direction][c]
+        # Categories are shown as they are; other values through format_value (-0.0 shows as "-0").
+        shown = tuple([value if type(value) is str else format_value(value) for value in map(claim.__getitem__, reads)])
         key = (direction, c, shown)
         text = self._texts.get(key)
         if text is None:
-            values = dict(zip(self._reads[direction][c], shown))
+            values = dict(zip(reads, map(format_value, shown)))
             text = render_template(self._templates[direction][c], {**values, "claim": values})
             if len(self._texts) < _MAX_CACHED_TEXTS:
                 self._texts[key] = text
