@@ -300,3 +300,38 @@ def test_purged_body_is_gone_from_the_sqlite_file(tmp_path: Any, make_entries: E
     store.close()
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("audit.db"))
     assert rationale not in on_disk
+
+
+def test_a_trail_written_by_schema_1_stays_readable_verifiable_and_extendable(
+        tmp_path: Any, make_entries: EntryFactory) -> None:
+    """risklens.audit/1 kept bodies as protobuf bytes; upgrading must never strand an old trail."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(url)
+    first = make_entries(4)
+    store.record(first)
+    old_receipts = [store.get(entry.receipt_id) for entry in first]
+    store.close()
+    with sqlite3.connect(tmp_path / "audit.db", isolation_level=None) as connection:  # what /1 wrote
+        for receipt in old_receipts:
+            body = risklens_pb2.Receipt(input=receipt.input, dropped_fields=receipt.dropped_fields)
+            body.explanation.CopyFrom(receipt.explanation)
+            connection.execute("UPDATE audit_records SET body = ? WHERE receipt_id = ?",
+                               (body.SerializeToString(deterministic=True), receipt.receipt_id))
+        connection.execute("UPDATE audit_meta SET value = 'risklens.audit/1' WHERE key = 'schema_version'")
+
+    reopened = open_store(url)
+    assert [reopened.get(entry.receipt_id) for entry in first] == old_receipts
+    reopened.record(make_entries(3))
+    report = reopened.verify()
+    assert report.ok, report.summary()
+    assert report.records_checked == 7 and report.bodies_checked == 7
+    # An edited /1 body is still caught.
+    receipt = old_receipts[1]
+    body = risklens_pb2.Receipt(input=receipt.input)
+    body.explanation.CopyFrom(receipt.explanation)
+    body.explanation.score = 0.5
+    raw_execute(reopened, "UPDATE audit_records SET body = ? WHERE receipt_id = ?",
+                (body.SerializeToString(deterministic=True), receipt.receipt_id))
+    report = reopened.verify()
+    assert not report.ok and report.first_bad is not None and report.first_bad.sequence == 2
+    reopened.close()

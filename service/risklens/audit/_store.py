@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import json_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceipt, InvalidRequest,
                              ManifestError, ReceiptNotFound, RiskLensError)
@@ -69,6 +69,7 @@ _SCHEMA = [
         public_key TEXT NOT NULL)""",
 ]
 _READ_CHUNK = 1000
+_READABLE_SCHEMAS = ("risklens.audit/1",)  # older layouts this version reads, verifies and extends
 # Records between background WAL checkpoints (SQLite's own default is every 1000 pages, about 250
 # records at 3-4 pages each).
 _WAL_CHECKPOINT_RECORDS = 250
@@ -136,14 +137,25 @@ def _header_from_row(row: Sequence[Any]) -> risklens_pb2.Receipt:
     return receipt
 
 
+def _is_legacy_body(body: bytes) -> bool:
+    """A risklens.audit/1 body: protobuf bytes (never starting with "{", field 15 is unused)."""
+    return not body.startswith(b"{")
+
+
+def _parse_body(body: bytes) -> risklens_pb2.Receipt:
+    if _is_legacy_body(body):
+        return risklens_pb2.Receipt.FromString(body)
+    return json_format.Parse(body, risklens_pb2.Receipt())
+
+
 def _receipt_from_row(row: Sequence[Any], where: str) -> risklens_pb2.Receipt:
     """The whole record: the stored body (canonical JSON) parsed, the header columns set."""
     receipt = risklens_pb2.Receipt()
     body = row[12]
     if body:
         try:
-            json_format.Parse(bytes(body), receipt)
-        except (json_format.ParseError, ValueError) as error:
+            receipt = _parse_body(bytes(body))
+        except (json_format.ParseError, DecodeError, ValueError) as error:
             raise AuditUnavailable(f"audit record {row[1]} in {where} has an unreadable body: "
                                    f"{type(error).__name__}") from error
     receipt.MergeFrom(_header_from_row(row))
@@ -222,6 +234,12 @@ class AuditStore(abc.ABC):
             connection.execute(self._sql("INSERT INTO audit_meta (key, value) VALUES ('schema_version', ?)"),
                                (SCHEMA_VERSION,))
             connection.execute("INSERT INTO audit_head (id, sequence, head_hash) VALUES (1, 0, '')")
+        elif existing[0] in _READABLE_SCHEMAS:
+            # Same tables; /1 bodies are protobuf bytes, /2 bodies canonical JSON. Both stay readable
+            # and verifiable, so an upgrade never strands an old trail; new records are /2.
+            connection.execute(self._sql("UPDATE audit_meta SET value = ? WHERE key = 'schema_version'"),
+                               (SCHEMA_VERSION,))
+            log.info("audit store %s upgraded from %s to %s", self._where(), existing[0], SCHEMA_VERSION)
         elif existing[0] != SCHEMA_VERSION:
             raise AuditUnavailable(f"audit store {self._where()} has schema {existing[0]}, this risklens "
                                    f"writes {SCHEMA_VERSION}")
@@ -419,10 +437,22 @@ class AuditStore(abc.ABC):
             verifier = ChainVerifier(checkpoints=self._checkpoints(connection, 1, 2**62),
                                      trusted_public_key=trusted_public_key)
             for row in self._iter_rows(connection, 1, last):
-                # The stored body bytes are exactly what was hashed: no need to parse them.
-                if not verifier.feed(_header_from_row(row), None if row[12] is None else bytes(row[12])):
+                body = None if row[12] is None else bytes(row[12])
+                if not verifier.feed(*self._verifiable(row, body)):
                     break
         return verifier.finish(int(sequence), head_hash, "the store's head row")
+
+    def _verifiable(self, row: Sequence[Any], body: bytes | None) -> tuple[risklens_pb2.Receipt, bytes | None]:
+        """What the verifier checks a row by: its header and stored body bytes, which are exactly
+        what was hashed; or, for a risklens.audit/1 body (protobuf), the parsed record, whose
+        canonical form the verifier re-writes. A body that does not parse is checked as bytes
+        (and fails: it cannot be the canonical form)."""
+        if body is not None and _is_legacy_body(body):
+            try:
+                return _receipt_from_row(row, self._where()), None
+            except AuditUnavailable:
+                pass
+        return _header_from_row(row), body
 
     def export(self, from_time: datetime | None = None, to_time: datetime | None = None,
                model: str | None = None) -> Iterator[risklens_pb2.Receipt | risklens_pb2.ExportManifest]:
