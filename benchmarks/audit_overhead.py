@@ -5,7 +5,7 @@ store with WAL + synchronous=FULL), then for each: N sequential Explain calls (p
 concurrent clients (p50/p99 per call, throughput). Rounds alternate between the two servers so
 background load hits both alike. Also times AuditStore.record() of one real explanation in-process.
 
-    python benchmarks/audit_overhead.py [--calls 400] [--concurrent-calls 50] [--out FILE.md]
+    python benchmarks/audit_overhead.py [--calls 1600] [--rounds 16] [--concurrent-calls 40] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 16
+CONCURRENT_ROUNDS = 2
 
 
 def free_port() -> int:
@@ -181,9 +182,9 @@ def stats(seconds: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=400, help="sequential calls per server")
+    parser.add_argument("--calls", type=int, default=1600, help="sequential calls per server")
     parser.add_argument("--concurrent-calls", type=int, default=40, help="calls per client, 16 clients")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=16, help="alternating sequential rounds")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "audit-overhead.md")
     args = parser.parse_args()
     os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))
@@ -194,6 +195,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     batch = requests(max(args.calls, CLIENTS * args.concurrent_calls), 99)
+    round_p50: dict[bool, list[float]] = {True: [], False: []}
     results: dict[bool, dict[str, list[float] | float]] = {
         on: {"sequential": [], "concurrent": [], "throughput": 0.0} for on in (True, False)}
     with tempfile.TemporaryDirectory(dir=REPO / ".cache") as on_dir, \
@@ -202,14 +204,20 @@ def main() -> None:
         try:
             for target in (servers[True][1], servers[False][1]):
                 sequential(target, batch[:50])  # warm-up: loads explainers, fills caches
+            # Short sequential rounds, alternating servers: slow drift of this shared VM hits both
+            # alike, and the per-round difference of medians is a paired estimate of the overhead.
             for round_index in range(args.rounds):
                 order = (True, False) if round_index % 2 == 0 else (False, True)
                 for on in order:
-                    target = servers[on][1]
-                    results[on]["sequential"] += sequential(target, batch[:args.calls // args.rounds])
-                    timings, throughput = concurrent(target, batch, args.concurrent_calls)
+                    timings = sequential(servers[on][1], batch[:args.calls // args.rounds])
+                    results[on]["sequential"] += timings
+                    round_p50[on].append(float(np.median(timings)))
+            for round_index in range(CONCURRENT_ROUNDS):
+                order = (True, False) if round_index % 2 == 0 else (False, True)
+                for on in order:
+                    timings, throughput = concurrent(servers[on][1], batch, args.concurrent_calls)
                     results[on]["concurrent"] += timings
-                    results[on]["throughput"] += throughput / args.rounds
+                    results[on]["throughput"] += throughput / CONCURRENT_ROUNDS
         finally:
             for process, _ in servers.values():
                 process.terminate()
@@ -219,6 +227,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     seq_on, seq_off = stats(results[True]["sequential"]), stats(results[False]["sequential"])
+    paired = np.subtract(round_p50[True], round_p50[False])
     con_on, con_off = stats(results[True]["concurrent"]), stats(results[False]["concurrent"])
     rec = stats(alone)
     rec16 = stats(together)
@@ -228,8 +237,10 @@ def main() -> None:
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} with {os.cpu_count()} cores "
         f"({platform.python_implementation()} {platform.python_version()}), `python benchmarks/audit_overhead.py`. "
         "Two `risklens serve` processes (audit on / off) on loopback, demo-xgb, SHAP only; rounds alternate "
-        "between them. The machine was shared with other jobs, so absolute numbers are noisy "
-        f"(1-minute load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end).",
+        f"between them ({args.rounds} sequential rounds of {args.calls // args.rounds} calls per server, "
+        f"{CONCURRENT_ROUNDS} concurrent rounds). Absolute numbers drift on this shared VM "
+        f"(1-minute load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end); the "
+        "paired per-round difference is the steadier overhead estimate.",
         "",
         "| scenario | audit | p50 ms | p99 ms | throughput /s |",
         "|---|---|---:|---:|---:|",
@@ -243,7 +254,10 @@ def main() -> None:
         f"| `AuditStore.record()` from 16 threads ({len(together)} calls) | - | {rec16[0]:.2f} | {rec16[1]:.2f} "
         f"| {together_throughput:.0f} |",
         "",
-        f"Added p50 latency, sequential: **{seq_on[0] - seq_off[0]:+.2f} ms** (target <= 1 ms); with 16 clients: "
+        f"Added p50 latency, sequential: **{float(np.median(paired)) * 1e3:+.2f} ms** (median over {len(paired)} "
+        f"rounds of the per-round p50 difference; interquartile range {np.percentile(paired, 25) * 1e3:+.2f} to "
+        f"{np.percentile(paired, 75) * 1e3:+.2f} ms; pooled p50s differ by {seq_on[0] - seq_off[0]:+.2f} ms; "
+        f"target <= 1 ms); with 16 clients: "
         f"{con_on[0] - con_off[0]:+.2f} ms; throughput with 16 clients: "
         f"{100 * (results[True]['throughput'] / results[False]['throughput'] - 1):+.0f}%.",
         "",
