@@ -18,7 +18,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
-from ._canonical import _json_double, canonical_message
+from ._canonical import _json_double, canonical_message, text_members
 from ._policy import RedactionPolicy
 
 if TYPE_CHECKING:
@@ -118,11 +118,7 @@ def _settings_json(e: Explanation) -> str:
 
 @lru_cache(maxsize=4096)
 def _reason_code_prefix(code: str, direction: str, features: tuple[str, ...]) -> str:
-    parts = []
-    if code:
-        parts.append('"code":' + encode_basestring(code))
-    if direction:
-        parts.append('"direction":' + encode_basestring(direction))
+    parts = text_members(("code", code), ("direction", direction))
     if features:
         parts.append('"features":[' + ",".join(map(encode_basestring, features)) + "]")
     return "{" + ",".join(parts)

@@ -280,21 +280,19 @@ def header_hash(*, receipt_id: str, sequence: int, created_at: str, model_json: 
     the uint64 sequence as a JSON string: exactly what the generated header writer produces
     (tests/audit/test_canonical.py checks it).
     """
-    parts = []
-    if body_sha256:
-        parts.append('"body_sha256":' + encode_basestring(body_sha256))
-    if created_at:
-        parts.append('"created_at":' + encode_basestring(created_at))
-    if input_sha256:
-        parts.append('"input_sha256":' + encode_basestring(input_sha256))
-    parts.append('"model":' + model_json)
-    if prev_hash:
-        parts.append('"prev_hash":' + encode_basestring(prev_hash))
-    if receipt_id:
-        parts.append('"receipt_id":' + encode_basestring(receipt_id))
+    parts = [*text_members(("body_sha256", body_sha256), ("created_at", created_at), ("input_sha256", input_sha256)),
+             '"model":' + model_json, *text_members(("prev_hash", prev_hash), ("receipt_id", receipt_id))]
     if sequence:
         parts.append('"sequence":"' + str(sequence) + '"')
     return sha256_hex(("{" + ",".join(parts) + "}").encode("utf-8"))
+
+
+def text_members(*fields: tuple[str, str]) -> list[str]:
+    """``"name":"value"`` for each non-empty string field (empty ones are left out, as json_format does).
+
+    Callers pass the fields in name order, which is the canonical order.
+    """
+    return [encode_basestring(name) + ":" + encode_basestring(value) for name, value in fields if value]
 
 
 def export_items(store: Any, from_time: str = "", to_time: str = "", model: str = ""
