@@ -3,6 +3,8 @@
 ``ExplainService.explain_batch`` validates each claim on its own (one bad claim never loses the
 others), runs the requested methods on the valid rows together, renders reason codes and the
 rationale, and records every explanation in the audit trail before returning it.
+``ExplainService.explain_frame`` does the same for a table, validating it column by column; both
+go through one array-wide path (``_explain_valid``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What one worker does with one chunk of claims: the core's ``explain_batch``, then the chunk's files.
+"""What one worker does with one chunk of claims: the core's ``explain_frame``, then the chunk's files.
 
 Runs in the driver process (one worker), in local worker processes, or on Dask workers: everything
 it needs travels in a ``ChunkTask`` (plain, picklable data); the model is loaded from ``models_dir``
