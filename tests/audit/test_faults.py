@@ -261,3 +261,42 @@ def test_group_commit_gives_each_call_its_own_outcome(store: AuditStore, make_en
         acknowledged += [entry.receipt_id for entry in batch]
     assert len(outcomes) == THREADS * calls
     _assert_single_chain(store, acknowledged)
+
+
+def test_postgres_out_of_disk_refuses_cleanly(postgres_url: str, tmp_path: Path, make_entries: EntryFactory) -> None:
+    """PostgreSQL with the audit tables on a full filesystem: RESOURCE_EXHAUSTED, nothing half-written."""
+    import psycopg
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting the small tmpfs tablespace needs root")
+    owner = subprocess.run(["id", "-u", "postgres"], capture_output=True, text=True).stdout.strip()
+    mount_point = tmp_path / "tablespace"
+    mount_point.mkdir()
+    os.chmod(tmp_path, 0o755)  # the postgres user must reach the mount point
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,uid={owner},mode=0700", "tmpfs",
+                             str(mount_point)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    name = f"audit_full_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        admin.execute(f"CREATE TABLESPACE {name} LOCATION '{mount_point}'")
+        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'ALTER DATABASE "{name}" SET default_tablespace = {name}')  # tables and indexes there
+        store = open_store(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            calls, error = _fill_until_full(store, make_entries)
+            assert calls > 0
+            assert isinstance(error, AuditStorageFull), error
+            assert "out of space (53100)" in error.message
+            head = store.head()
+            assert head[0] == calls * 5  # the refused call left nothing behind
+            report = store.verify()
+            assert report.ok and report.records_checked == head[0], report.summary()
+        finally:
+            store.close()
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.execute(f"DROP TABLESPACE {name}")
+    finally:
+        admin.close()
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
