@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from risklens.core import ClaimInput, ExplainOptions, ExplainService, Explanation
+from risklens.core import ExplainOptions, ExplainService, Explanation
 from risklens.errors import RiskLensError
 from risklens.registry import ModelRegistry
 from risklens.settings import Settings
