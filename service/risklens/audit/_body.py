@@ -116,8 +116,20 @@ def _settings_json(e: Explanation) -> str:
     return before + seed + ("," + after if after != "}" else after)
 
 
-@lru_cache(maxsize=4096)
-def _reason_code_prefix(code: str, direction: str, features: tuple[str, ...]) -> str:
+class _Prefixes(dict):  # type: ignore[type-arg]
+    """name -> JSON text that starts an object for it, made on first use (a plain dict lookup after)."""
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: Any) -> str:
+        self[key] = text = self._make(key)
+        return text
+
+
+def _reason_code_start(key: tuple[str, str, tuple[str, ...]]) -> str:
+    code, direction, features = key
     parts = text_members(("code", code), ("direction", direction))
     if features:
         parts.append('"features":[' + ",".join(map(encode_basestring, features)) + "]")
@@ -125,7 +137,9 @@ def _reason_code_prefix(code: str, direction: str, features: tuple[str, ...]) ->
 
 
 def _reason_code_json(code: Any) -> str:
-    prefix = _reason_code_prefix(code.code, code.direction, code.features)
+    prefix = _REASON_CODE_START[code.code, code.direction, code.features]
+    if code.text and prefix != "{" and code.weight and code.weight - code.weight == 0.0:  # the usual code
+        return prefix + ',"text":' + encode_basestring(code.text) + ',"weight":' + float.__repr__(code.weight) + "}"
     separator = "," if prefix != "{" else ""
     text = ""
     if code.text:
@@ -134,19 +148,24 @@ def _reason_code_json(code: Any) -> str:
     return prefix + text + weight + "}"
 
 
-@lru_cache(maxsize=4096)
-def _contribution_prefix(feature: str) -> str:
-    return '{"feature":' + encode_basestring(feature)
+_REASON_CODE_START = _Prefixes(_reason_code_start)
+_CONTRIBUTION_SHAP = _Prefixes(lambda feature: '{"feature":' + encode_basestring(feature) + ',"shap":')
 
 
 def _contributions_json(contributions: list[tuple[str, Any, float]], stored: Mapping[str, str | None]) -> str:
     """``stored``: each feature's value as the record keeps it (None: dropped)."""
+    shaps = [shap for _, _, shap in contributions]
+    if 0.0 not in shaps and all(map(math.isfinite, shaps)) and None not in stored.values() \
+            and all(feature in stored for feature, _, _ in contributions):
+        # The usual claim: every contribution non-zero and finite, every value kept.
+        prefix, repr_ = _CONTRIBUTION_SHAP, float.__repr__
+        return "[" + ",".join([prefix[feature] + repr_(shap) + ',"value":' + stored[feature] + "}"  # type: ignore[operator]
+                               for feature, _, shap in contributions]) + "]"
     items = []
     for feature, value, shap in contributions:
         text = stored[feature] if feature in stored else value_json(value)
-        items.append(_contribution_prefix(feature)
-                     + (',"shap":' + (float.__repr__(shap) if shap - shap == 0.0 else _json_double(shap))
-                        if shap or _is_set(shap) else "")
+        items.append('{"feature":' + encode_basestring(feature)
+                     + (',"shap":' + _double(shap) if _is_set(shap) else "")
                      + (',"value":' + text + "}" if text is not None else "}"))
     return "[" + ",".join(items) + "]"
 
@@ -197,17 +216,28 @@ def explanation_json(e: Explanation, policy: RedactionPolicy, stored: Mapping[st
     return "{" + text[1:] + "}"  # every part starts with a comma; "model" is always present
 
 
+def _layout(names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """A claim's field names in canonical (sorted) order and their JSON keys."""
+    ordered = sorted(names)
+    return ordered, [_key(name) for name in ordered]
+
+
+_LAYOUTS = _Prefixes(_layout)  # by the claim's own field order: one entry per model schema
+
+
 def write_body(e: Explanation, claim: Mapping[str, Any], policy: RedactionPolicy) -> tuple[str, str]:
     """(canonical body JSON, canonical input JSON) of the audit record of ``claim``'s explanation."""
-    names = sorted(claim)
-    given = {name: value_json(claim[name]) for name in names}
-    source = "{" + ",".join([_key(name) + given[name] for name in names]) + "}"
+    names, keys = _LAYOUTS[tuple(claim)]
+    # value_json inlined: the memo, except for float zeros (0.0 and -0.0 are equal keys).
+    texts = [_value_text(value) if value == 0 and type(value) is float else _value_text_memo(value)
+             for value in map(claim.__getitem__, names)]
+    source = "{" + ",".join(map(str.__add__, keys, texts)) + "}"
     parts = []
     if policy.is_raw:
-        stored: Mapping[str, str | None] = given
+        stored: Mapping[str, str | None] = dict(zip(names, texts))
         stored_input = source
     else:
-        stored = {name: _stored_value(policy, name, text) for name, text in given.items()}
+        stored = {name: _stored_value(policy, name, text) for name, text in zip(names, texts)}
         dropped = [name for name in names if stored[name] is None]
         if dropped:
             parts.append('"dropped_fields":[' + ",".join(map(encode_basestring, dropped)) + "]")
