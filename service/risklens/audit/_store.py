@@ -149,7 +149,7 @@ def _parse_body(body: bytes) -> risklens_pb2.Receipt:
 
 
 def _receipt_from_row(row: Sequence[Any], where: str) -> risklens_pb2.Receipt:
-    """The whole record: the stored body (canonical JSON) parsed, the header columns set."""
+    """The whole record: the stored body parsed (canonical JSON; protobuf for /1), the header columns set."""
     receipt = risklens_pb2.Receipt()
     body = row[12]
     if body:
