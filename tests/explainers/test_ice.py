@@ -11,7 +11,8 @@ import pytest
 from risklens.explainers.base import ExplainContext
 from risklens.explainers.ice import IceExplainer, mid_rank_percentile
 from risklens.explainers.shap import ShapExplainer
-from risklens.registry.registration import PDP_ARTIFACT, ScoreClassifier
+from risklens.registry.manifest import PDP_ARTIFACT
+from risklens.registry.registration import ScoreClassifier
 
 
 def stored_pdp(model) -> dict:

@@ -10,7 +10,7 @@ from risklens.datasets import PLANTED_RULES
 from risklens.explainers.base import ExplainContext
 from risklens.explainers.permutation import PermutationExplainer
 from risklens.explainers.shap import ShapExplainer
-from risklens.registry.registration import PERMUTATION_ARTIFACT
+from risklens.registry.manifest import PERMUTATION_ARTIFACT
 
 # The five strongest planted rules and the feature that carries each (claim_exceeds_vehicle is
 # carried by the amount; no_corroboration by either of its two flags).

@@ -19,7 +19,7 @@ import pandas as pd
 from risklens.explainers.base import ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.registry.adapters import EBMAdapter
-from risklens.registry.registration import FIDELITY_ARTIFACT, SURROGATE_ARTIFACT
+from risklens.registry.manifest import FIDELITY_ARTIFACT, SURROGATE_ARTIFACT
 from risklens.v1 import risklens_pb2 as pb
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from risklens.explainers.base import ExplainContext, Explainer
 from risklens.registry import LoadedModel
-from risklens.registry.registration import PDP_ARTIFACT
+from risklens.registry.manifest import PDP_ARTIFACT
 from risklens.v1 import risklens_pb2 as pb
 
 # Score change over one grid step below which the curve counts as flat there.

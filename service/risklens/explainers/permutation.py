@@ -16,7 +16,7 @@ import pandas as pd
 
 from risklens.explainers.base import ExplainContext, Explainer
 from risklens.registry import LoadedModel
-from risklens.registry.registration import PERMUTATION_ARTIFACT
+from risklens.registry.manifest import PERMUTATION_ARTIFACT
 from risklens.v1 import risklens_pb2 as pb
 
 

@@ -11,6 +11,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from risklens.errors import ManifestError
 
 MANIFEST_FILE = "manifest.yaml"
+# Names of the precomputed artifacts registration adds to ``Manifest.artifacts`` (read by the explainers).
+PDP_ARTIFACT = "pdp"
+SURROGATE_ARTIFACT = "ebm_surrogate"
+FIDELITY_ARTIFACT = "ebm_fidelity"
+PERMUTATION_ARTIFACT = "permutation"
 
 FeatureType = Literal["numeric", "categorical", "boolean"]
 Framework = Literal["xgboost", "lightgbm", "sklearn", "ebm"]

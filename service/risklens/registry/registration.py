@@ -32,14 +32,10 @@ from risklens.errors import InvalidRequest
 from risklens.registry.builder import BACKGROUND_ROWS, infer_schema, write_model_dir
 from risklens.registry.hashing import file_sha256
 from risklens.registry.loader import LoadedModel, load_model_dir
-from risklens.registry.manifest import ArtifactRef, FeatureSpec, Manifest
+from risklens.registry.manifest import (FIDELITY_ARTIFACT, PDP_ARTIFACT, PERMUTATION_ARTIFACT, SURROGATE_ARTIFACT,
+                                        ArtifactRef, FeatureSpec, Manifest)
 
 log = logging.getLogger(__name__)
-
-PDP_ARTIFACT = "pdp"
-SURROGATE_ARTIFACT = "ebm_surrogate"
-FIDELITY_ARTIFACT = "ebm_fidelity"
-PERMUTATION_ARTIFACT = "permutation"
 
 REGISTRATION_STEPS = ("model directory", "PDP grids", "EBM surrogate", "permutation importance", "manifest")
 
