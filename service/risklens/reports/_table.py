@@ -51,6 +51,9 @@ def _as_number(column: pd.Series) -> pd.Series:
 
 
 def _as_text(column: pd.Series) -> pd.Series:
+    if isinstance(column.dtype, pd.StringDtype):  # text already (every CSV column): only NA becomes None
+        return pd.Series(column.to_numpy(dtype=object, na_value=None), index=column.index, dtype="object")
+
     def text(value: object) -> str | None:
         if value is None or (not isinstance(value, str) and pd.isna(value)):
             return None
