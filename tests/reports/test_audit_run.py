@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +60,9 @@ def test_whole_fraud_oracle_table_is_explained_once_and_audited(fraud_run, fraud
     assert set(receipts) == set(claims["receipt_id"])
     assert (out / "rejects.csv").read_text().strip() == "row,claim_id,code,field,reason"
     assert "explained 15,420 claims, rejected 0" in output
+    # --workers 2: this process and one spawned worker process took chunks from one queue, each chunk once.
+    by_worker = json.loads((out / "summary.json").read_text())["chunks_by_worker"]
+    assert sum(by_worker.values()) == 16 and by_worker["driver"] >= 1 and len(by_worker) <= 2
     assert f"report   {out / 'report.html'}" in output
 
 

@@ -25,24 +25,33 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from risklens.core import ExplainService, library_versions
 from risklens.errors import InvalidRequest, ReceiptNotFound
 from risklens.registry import LoadedModel, ModelRegistry
+from risklens.reports._pool import start_local_worker
 from risklens.reports._table import ClaimsTable, read_claims_table
-from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk
+from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, worker_name
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -181,50 +190,125 @@ def _recover_pending(out: Path, store: Any) -> int:
     return committed
 
 
+class _ChunkQueue:
+    """Chunks not yet started, taken in order by whoever is free: the driver or the Dask submit loop."""
+
+    def __init__(self, tasks: Sequence[ChunkTask]) -> None:
+        self._tasks = deque(tasks)
+        self._lock = threading.Lock()
+
+    def take(self) -> ChunkTask | None:
+        with self._lock:
+            return self._tasks.popleft() if self._tasks else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tasks)
+
+
+def _submitted_outcomes(submit: Callable[[ChunkTask], Any], wait_first: Callable[[set[Any]], tuple[set[Any], set[Any]]],
+                        chunks: _ChunkQueue, in_flight_limit: int, stop: threading.Event | None = None
+                        ) -> Iterator[ChunkOutcome]:
+    """Chunks explained by a pool of workers (Dask or local processes), ``in_flight_limit`` at a
+    time (the driver holds a few chunks, not the whole table twice), taken from ``chunks`` until it
+    is empty or ``stop`` is set. ``wait_first(futures)`` returns (done, not done) once one is done."""
+
+    def next_future() -> Any:
+        task = None if stop is not None and stop.is_set() else chunks.take()
+        return None if task is None else submit(task)
+
+    in_flight = {f for f in (next_future() for _ in range(in_flight_limit)) if f is not None}
+    while in_flight:
+        done, in_flight = wait_first(in_flight)
+        in_flight = set(in_flight)
+        for future in done:
+            yield future.result()
+            following = next_future()
+            if following is not None:
+                in_flight.add(following)
+
+
+def _local_outcomes(tasks: Sequence[ChunkTask], workers: int) -> Iterator[ChunkOutcome]:
+    """``workers`` local workers: this process and ``workers - 1`` spawned worker processes.
+
+    This process has the stack imported and the model loaded, so it explains chunks from the
+    start; a spawned process spends a second or two importing and loading the model before its
+    first chunk, then takes chunks from the same queue (on a short table, it may get none).
+    """
+    chunks = _ChunkQueue(tasks)
+    finished: queue.SimpleQueue[ChunkOutcome | BaseException | None] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def run_helpers() -> None:
+        try:
+            with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=start_local_worker) as pool:
+                # One chunk per process in flight: a process still starting up holds back no
+                # chunk that this process could be explaining meanwhile.
+                for outcome in _submitted_outcomes(
+                        partial(pool.submit, explain_chunk),
+                        partial(futures_wait, return_when=FIRST_COMPLETED), chunks, workers - 1, stop):
+                    finished.put(outcome)
+        except BaseException as error:  # handed to the driver, which raises it
+            finished.put(error)
+        finally:
+            finished.put(None)
+
+    helpers = threading.Thread(target=run_helpers, name="risklens-local-workers", daemon=True)
+    helpers.start()
+    helpers_done = False
+
+    def collect(block: bool) -> Iterator[ChunkOutcome]:
+        nonlocal helpers_done
+        while not helpers_done and (block or not finished.empty()):
+            item = finished.get()
+            if item is None:
+                helpers_done = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    try:
+        while (task := chunks.take()) is not None:
+            yield explain_chunk(task)
+            yield from collect(block=False)
+        yield from collect(block=True)
+    finally:
+        stop.set()
+        helpers.join()
+        close_stores()
+
+
 def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int) -> Iterator[ChunkOutcome]:
-    """Chunks explained in this process (one local worker) or on Dask workers, as they finish."""
+    """Chunks explained in this process, with local worker processes, or on a Dask cluster, as they finish."""
     if not tasks:
         return
-    if scheduler == "local" and workers <= 1:
+    if scheduler == "local":
+        if workers > 1:
+            yield from _local_outcomes(tasks, workers)
+            return
         try:
             for task in tasks:
                 yield explain_chunk(task)
         finally:
             close_stores()
         return
-    from distributed import Client, LocalCluster, as_completed
-
-    if scheduler == "local":
-        # One thread per worker process for the native pools too (numba kernels, XGBoost, BLAS):
-        # ``workers`` processes each running a pool as wide as the machine only fight over the cores.
-        single_thread = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                "MKL_NUM_THREADS")}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.WARNING, env=single_thread)
-        client = Client(cluster)
-    elif scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        cluster = None
-        client = Client(scheduler)
-    else:
+    if not scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         raise InvalidRequest(f"scheduler must be 'local' or a Dask address like tcp://HOST:PORT, got {scheduler!r}",
                              field="scheduler")
+    from distributed import Client
+    from distributed import wait as dask_wait
+
+    client = Client(scheduler)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        queue = list(tasks)
-        # Bounded in-flight work: the driver's memory holds a few chunks, not the whole table twice.
-        in_flight = as_completed([client.submit(explain_chunk, queue.pop(0), pure=False)
-                                  for _ in range(min(len(queue), 2 * n_workers))])
-        for future in in_flight:
-            outcome = future.result()
-            future.release()
-            if queue:
-                in_flight.add(client.submit(explain_chunk, queue.pop(0), pure=False))
-            yield outcome
+        yield from _submitted_outcomes(partial(client.submit, explain_chunk, pure=False),
+                                       partial(dask_wait, return_when="FIRST_COMPLETED"), _ChunkQueue(tasks),
+                                       2 * n_workers)  # two per worker: one runs while the next travels
     finally:
         client.run(close_stores)
         client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _write_checkpoint(out: Path, total: int, done: set[int], explained: int, rejected: int) -> None:
@@ -239,12 +323,17 @@ def _merge(out: Path, n_chunks: int) -> tuple[int, int]:
     tables = [t for t in tables if t.num_rows]
     if tables:
         claims = pa.concat_tables(tables, promote_options="default")
-        claims = claims.sort_by("row")
+        rows = claims["row"]
+        # Chunks hold row ranges in chunk order, so the concatenation is usually sorted already.
+        if len(rows) > 1 and not pc.all(pc.greater(rows[1:], rows[:-1])).as_py():
+            claims = claims.sort_by("row")
     else:
         claims = pa.table({"row": pa.array([], pa.int64())})
     pq.write_table(claims, out / CLAIMS_FILE)
-    rejects = [pd.read_parquet(chunk_file(out, i, "rejects")) for i in range(n_chunks)]
-    rejects_frame = pd.concat([r for r in rejects if len(r)] or [rejects[0]], ignore_index=True)
+    reject_files = [chunk_file(out, i, "rejects") for i in range(n_chunks)]
+    rejects = ([pd.read_parquet(f) for f in reject_files if pq.read_metadata(f).num_rows]
+               or [pd.read_parquet(reject_files[0])])
+    rejects_frame = pd.concat(rejects, ignore_index=True)
     rejects_frame = rejects_frame.sort_values("row", kind="stable")
     rejects_frame.to_csv(out / REJECTS_FILE, index=False)
     return claims.num_rows, len(rejects_frame)
@@ -321,6 +410,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
         log.info("resuming: %d of %d chunks already done", resumed, n_chunks)
     started = time.perf_counter()
     handled = 0
+    chunks_by_worker: Counter[str] = Counter()  # this run's chunks (not resumed ones), by host:pid
     first_done: tuple[float, int] | None = None  # (time, rows handled) when the first chunk finished
     bar = tqdm(total=n, initial=sum(rows_in(i) for i in done), unit="claim", unit_scale=True, smoothing=0.1,
                desc=f"explaining {model.name}", disable=not config.progress, dynamic_ncols=True)
@@ -328,6 +418,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
         for outcome in _iter_outcomes([task(i) for i in todo], config.scheduler, config.workers):
             os.replace(chunk_file(out, outcome.index, suffix=".pending.parquet"), chunk_file(out, outcome.index))
             done.add(outcome.index)
+            chunks_by_worker[outcome.worker] += 1
             explained += outcome.explained
             rejected += outcome.rejected
             handled += rows_in(outcome.index)
@@ -350,15 +441,17 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
                "finished_at": datetime.now(UTC).isoformat(),
                "chain_head": {"sequence": head[0], "hash": head[1]} if head else None,
                "audit_store": type(store).__name__ if store is not None else None,
-               "sampled_rows": int(sampled.sum()), "methods": list(methods)}
+               "sampled_rows": int(sampled.sum()), "methods": list(methods),
+               "chunks_by_worker": {"driver" if worker == worker_name() else worker: count
+                                    for worker, count in sorted(chunks_by_worker.items())}}
     _atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     result = AuditRunResult(out=out, claims_path=out / CLAIMS_FILE, rejects_path=out / REJECTS_FILE,
                             report_path=None, explained=n_claims, rejected=n_rejects, chunks_total=n_chunks,
                             chunks_resumed=resumed, seconds=seconds,
                             claims_per_second=handled / seconds if seconds > 0 and handled else 0.0,
                             warm_claims_per_second=warm_rate, chain_head=head)
-    log.info("audit run done: %d explained, %d rejected, %.1f claims/s", n_claims, n_rejects,
-             result.claims_per_second)
+    log.info("audit run done: %d explained, %d rejected, %.1f claims/s; chunks by worker: %s", n_claims, n_rejects,
+             result.claims_per_second, summary["chunks_by_worker"])
     if config.report:
         from risklens.reports._report import build_report
 

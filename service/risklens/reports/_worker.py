@@ -11,6 +11,7 @@ workers keeps the audit trail's per-record cost off the driver, so it scales wit
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,11 @@ class ChunkOutcome:
     index: int
     explained: int
     rejected: int
+    worker: str  # host:pid of the process that explained the chunk
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class _EntryCollector:
@@ -212,4 +218,4 @@ def explain_chunk(task: ChunkTask) -> ChunkOutcome:
     atomic_parquet(results, chunk_file(out, task.index, suffix=".pending.parquet"))
     if task.audit_url and entries:
         _store(task.audit_url).record(entries)
-    return ChunkOutcome(task.index, len(explained_rows), len(rejects))
+    return ChunkOutcome(task.index, len(explained_rows), len(rejects), worker_name())

@@ -20,7 +20,9 @@ def audit_run(
     version: Annotated[str, typer.Option(help="Model version (default: the newest).")] = "",
     scheduler: Annotated[str, typer.Option(
         help="'local' (worker processes on this machine) or a Dask scheduler address tcp://HOST:PORT.")] = "local",
-    workers: Annotated[int, typer.Option(help="Local worker processes (ignored for a Dask address).")] = 1,
+    workers: Annotated[int, typer.Option(
+        help="Local workers: this process plus N-1 spawned worker processes, all taking chunks from one "
+             "queue (ignored for a Dask address).")] = 1,
     methods: Annotated[str, typer.Option(
         help="Extra methods for the sample, comma-separated (lime,ice,ebm,permutation,agreement); "
              "'auto': every method the model supports; 'shap': SHAP only.")] = "auto",
