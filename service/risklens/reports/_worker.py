@@ -10,9 +10,12 @@ workers keeps the audit trail's per-record cost off the driver, so it scales wit
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,8 +188,44 @@ def _results_frame(explained: list[tuple[int, Explanation]], source_rows: list[i
     return frame
 
 
+_heap_frozen = False
+
+
+@contextmanager
+def _collection_between_chunks() -> Iterator[None]:
+    """Run the cyclic garbage collector between chunks, not inside them.
+
+    A chunk allocates tens of thousands of short-lived objects, nearly all freed by reference
+    counting when it ends; collecting while they are alive only re-scans and promotes them (and
+    each full collection re-scanned the whole imported stack and model: 1.1 s of a 10 s
+    fraud_oracle run went to collections). So the collector pauses during a chunk, the young
+    generations are collected after it, and after a process's first chunk everything alive then
+    (the stack, the model, its explainers: kept for the process's life) is frozen out of the
+    collector's generations (``gc.freeze``).
+    """
+    global _heap_frozen
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect(1)
+        with _cache_lock:
+            if not _heap_frozen:
+                gc.collect()
+                gc.freeze()
+                _heap_frozen = True
+
+
 def explain_chunk(task: ChunkTask) -> ChunkOutcome:
     """Explain one chunk with the core and write its pending files; per-row errors become rejects."""
+    with _collection_between_chunks():
+        return _explain_chunk(task)
+
+
+def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
     service, collector = _service(task.models_dir, task.audit_url is not None)
     model = service.registry.get(task.model, task.version)
     feature_names = model.manifest.feature_names
