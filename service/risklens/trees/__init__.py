@@ -1,6 +1,7 @@
 """Exact TreeSHAP engine: one normalized tree representation, numba CPU kernels, NumPy/CuPy array path."""
 
+from risklens.trees._cpu import TABLE_KERNEL_MIN_ROWS
 from risklens.trees._ensemble import TreeEnsemble, normalize_model
 from risklens.trees._explainer import TreeShap
 
-__all__ = ["TreeEnsemble", "TreeShap", "normalize_model"]
+__all__ = ["TABLE_KERNEL_MIN_ROWS", "TreeEnsemble", "TreeShap", "normalize_model"]

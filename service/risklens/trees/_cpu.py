@@ -199,7 +199,7 @@ _predict_serial = njit(cache=True)(_predict_impl)  # no thread wake-up for a sin
 
 def predict_raw(structure: CpuStructure, X: np.ndarray) -> np.ndarray:
     e = structure.ens
-    kernel = _predict_serial if X.shape[0] < _SERIAL_BELOW_ROWS else _predict_parallel
+    kernel = _predict_serial if X.shape[0] < TABLE_KERNEL_MIN_ROWS else _predict_parallel
     return kernel(X, e.base_offset, e.tree_start, e.left, e.right, e.feature, structure.numeric, structure.thr_lt,
                   e.kind, e.threshold, e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats, e.cat_in_left,
                   e.value)
@@ -486,8 +486,10 @@ def _shap_few_rows(X, out, t_nodes, t_weights, tree_start, left, parent, feature
 
 _shap_parallel = njit(parallel=True, cache=True)(_shap_impl)
 
-# below this many rows one row at a time is faster than blocks of too few rows
-_SERIAL_BELOW_ROWS = int(os.environ.get("RISKLENS_TREESHAP_SERIAL_ROWS", "4"))
+# Below this many rows one row at a time is faster than blocks of too few rows. Both kernels are
+# exact, but their sums run in different orders, so a row's values can differ in the last bits
+# between the two; the block kernel gives a row the same bits whatever block it sits in.
+TABLE_KERNEL_MIN_ROWS = int(os.environ.get("RISKLENS_TREESHAP_SERIAL_ROWS", "4"))
 
 
 def _lanes(n_rows: int) -> int:
@@ -501,7 +503,7 @@ def shap_values(structure: CpuStructure, X: np.ndarray) -> np.ndarray:
     out = np.zeros((X.shape[0], e.n_features), dtype=np.float64)
     if X.shape[0] == 0:
         return out
-    if X.shape[0] < _SERIAL_BELOW_ROWS:
+    if X.shape[0] < TABLE_KERNEL_MIN_ROWS:
         _shap_few_rows(X, out, structure.deepest_rule[0], structure.deepest_rule[1], e.tree_start,
                        e.left, e.parent, e.feature, structure.numeric, structure.thr_lt, e.kind, e.threshold,
                        e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats, e.cat_in_left, e.value,
