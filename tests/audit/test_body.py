@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from risklens.audit import RedactionPolicy
 from risklens.audit._body import _EXPLANATION_FIELDS, write_body
@@ -59,7 +61,7 @@ def edge_cases(explanation: Explanation) -> list[Explanation]:
     claim = dict(explanation.claim)
     text_feature = next((name for name, value in claim.items() if isinstance(value, str)), None)
     if text_feature is not None:
-        claim[text_feature] = 'Zürich "north" \\ \u2028 ☃'
+        claim[text_feature] = 'Zürich "north" \\ \u2028 ☃ \x01\x1f\x7f\t\U0001F600'
     numeric = [name for name, value in claim.items() if isinstance(value, float)]
     for name, value in zip(numeric, (0.0, -0.0, 1e-300, 12345678901234.5)):
         claim[name] = value
@@ -72,6 +74,14 @@ def edge_cases(explanation: Explanation) -> list[Explanation]:
         dataclasses.replace(explanation, claim_id="", score=0.0, base_value=-0.0, raw_score=float("1e-17"),
                             seed=0, top_k=0, rationale="", reason_codes=codes, methods=(), device=""),
         dataclasses.replace(explanation, seed=2**64 - 1, lime_samples=5000, reason_codes=[]),
+        # Doubles where orjson's layout differs from repr (1e-05, 1e+16) or that JSON cannot hold.
+        dataclasses.replace(
+            explanation, score=4.6956809874749345e-05, raw_score=2.5e16, base_value=-9.999999999999999e-05,
+            contributions=[(feature, value, shap) for (feature, value, _), shap in zip(
+                explanation.contributions, (-1.0338667223549826e-05, 1e-300, 3e16, float("nan"), float("-inf"),
+                                            0.0001, 9999999999999998.0))],
+            reason_codes=[code._replace(weight=weight) for code, weight in zip(
+                explanation.reason_codes, (5e-05, float("inf"), 1e-4))]),
     ]
 
 
@@ -91,9 +101,9 @@ def test_body_matches_json_format_on_real_and_edge_explanations(explanations: li
     cases = [*explanations, *[case for e in explanations[:2] + explanations[-1:] for case in edge_cases(e)]]
     for explanation in cases:
         body, source = write_body(explanation, explanation.claim, policy)
-        assert body == reference_body(explanation, explanation.claim, policy)
+        assert body.decode("utf-8") == reference_body(explanation, explanation.claim, policy)
         expected_input = documented(risklens_pb2.Receipt(input=to_value_map(explanation.claim)))
-        assert source == (json.dumps(json.loads(expected_input)["input"], sort_keys=True, separators=(",", ":"),
+        assert source.decode("utf-8") == (json.dumps(json.loads(expected_input)["input"], sort_keys=True, separators=(",", ":"),
                                      ensure_ascii=False) if expected_input != "{}" else "{}")
     # The redaction really happened: no raw text of a redacted field survives.
     if policy_name != "raw":
@@ -106,6 +116,26 @@ def test_body_matches_json_format_on_real_and_edge_explanations(explanations: li
                 assert contribution.value.text.startswith("hmac-sha256:")
 
 
+@given(st.floats(allow_nan=True, allow_infinity=True, width=64))
+@example(-0.0)
+@example(0.0)
+@example(1e-05)
+@example(-4.6956809874749345e-05)
+@example(1e-4)
+@example(1e16)
+@example(9999999999999998.0)
+@example(5e-324)
+@example(float("nan"))
+@example(float("-inf"))
+def test_doubles_are_written_as_json_format_writes_them(value: float) -> None:
+    import orjson
+
+    from risklens.audit._body import _is_set, _number
+
+    written = orjson.dumps({"score": _number(value)}).decode() if _is_set(value) else "{}"
+    assert written == documented(risklens_pb2.ExplainResponse(score=value))
+
+
 def test_explanation_fields_are_written_in_name_order() -> None:
     assert list(_EXPLANATION_FIELDS) == sorted(f.name for f in risklens_pb2.ExplainResponse.DESCRIPTOR.fields)
 
@@ -113,7 +143,7 @@ def test_explanation_fields_are_written_in_name_order() -> None:
 def test_values_of_equal_keys_but_different_types_stay_apart(explanations: list[Explanation]) -> None:
     def input_json(claim: dict[str, Any]) -> str:
         explanation = dataclasses.replace(explanations[0], claim=claim, contributions=[])
-        return write_body(explanation, claim, RedactionPolicy())[1]
+        return write_body(explanation, claim, RedactionPolicy())[1].decode("utf-8")
 
     # True == 1 == 1.0 as dict keys: the memo must still tell them apart.
     assert input_json({"a": True}) == '{"a":{"flag":true}}'

@@ -102,12 +102,12 @@ def _prepare(entry: AuditEntry) -> _Prepared:
         stored_input, dropped = policy.redact_input(values)
         body_message = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
         body_message.explanation.CopyFrom(policy.redact_explanation(entry.explanation))
-        body, input_hash = body_text(body_message), input_sha256(values)
+        body, input_hash = body_text(body_message).encode("utf-8"), input_sha256(values)
     else:
         body, source = write_body(entry.explanation, entry.input, policy)
-        input_hash = sha256_hex(source.encode("utf-8"))
+        input_hash = sha256_hex(source)
     retain_until = policy.retain_until(entry.created_at)
-    return _Prepared(entry.receipt_id, format_time(entry.created_at), entry.model, input_hash, body.encode("utf-8"),
+    return _Prepared(entry.receipt_id, format_time(entry.created_at), entry.model, input_hash, body,
                      retain_until and format_time(retain_until))
 
 
