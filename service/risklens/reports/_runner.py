@@ -228,42 +228,50 @@ def _submitted_outcomes(submit: Callable[[ChunkTask], Any], wait_first: Callable
                 in_flight.add(following)
 
 
-def _local_outcomes(tasks: Sequence[ChunkTask], workers: int) -> Iterator[ChunkOutcome]:
-    """``workers`` local workers: this process and ``workers - 1`` spawned worker processes.
+def _start_local_workers(n: int, models_dir: Path, model: str, version: str, audited: bool) -> ProcessPoolExecutor:
+    """``n`` spawned worker processes, started at once: each imports the stack and loads the model
+    (``start_local_worker``) while this process reads the table and prepares its own first chunk."""
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=start_local_worker,
+                               initargs=(str(models_dir), model, version, audited))
+    for _ in range(n):  # a process is spawned per task submitted while none is idle
+        pool.submit(os.getpid)
+    return pool
+
+
+def _local_outcomes(tasks: Sequence[ChunkTask], pool: ProcessPoolExecutor, n_processes: int
+                    ) -> Iterator[ChunkOutcome]:
+    """Local workers: this process and the ``n_processes`` of ``pool``, on one queue of chunks.
 
     This process has the stack imported and the model loaded, so it explains chunks from the
-    start; a spawned process spends a second or two importing and loading the model before its
-    first chunk, then takes chunks from the same queue (on a short table, it may get none).
+    start; the spawned processes join as soon as they are up (on a short table, they may get none).
     """
     chunks = _ChunkQueue(tasks)
     finished: queue.SimpleQueue[ChunkOutcome | BaseException | None] = queue.SimpleQueue()
     stop = threading.Event()
 
-    def run_helpers() -> None:
+    def feed_processes() -> None:
         try:
-            with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=start_local_worker) as pool:
-                # One chunk per process in flight: a process still starting up holds back no
-                # chunk that this process could be explaining meanwhile.
-                for outcome in _submitted_outcomes(
-                        partial(pool.submit, explain_chunk),
-                        partial(futures_wait, return_when=FIRST_COMPLETED), chunks, workers - 1, stop):
-                    finished.put(outcome)
+            # One chunk per process in flight: a process still starting up holds back no chunk
+            # that this process could be explaining meanwhile.
+            for outcome in _submitted_outcomes(partial(pool.submit, explain_chunk),
+                                               partial(futures_wait, return_when=FIRST_COMPLETED), chunks,
+                                               n_processes, stop):
+                finished.put(outcome)
         except BaseException as error:  # handed to the driver, which raises it
             finished.put(error)
         finally:
             finished.put(None)
 
-    helpers = threading.Thread(target=run_helpers, name="risklens-local-workers", daemon=True)
-    helpers.start()
-    helpers_done = False
+    feeder = threading.Thread(target=feed_processes, name="risklens-local-workers", daemon=True)
+    feeder.start()
+    processes_done = False
 
     def collect(block: bool) -> Iterator[ChunkOutcome]:
-        nonlocal helpers_done
-        while not helpers_done and (block or not finished.empty()):
+        nonlocal processes_done
+        while not processes_done and (block or not finished.empty()):
             item = finished.get()
             if item is None:
-                helpers_done = True
+                processes_done = True
             elif isinstance(item, BaseException):
                 raise item
             else:
@@ -276,17 +284,18 @@ def _local_outcomes(tasks: Sequence[ChunkTask], workers: int) -> Iterator[ChunkO
         yield from collect(block=True)
     finally:
         stop.set()
-        helpers.join()
+        feeder.join()
         close_stores()
 
 
-def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int) -> Iterator[ChunkOutcome]:
-    """Chunks explained in this process, with local worker processes, or on a Dask cluster, as they finish."""
+def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int,
+                   local_pool: ProcessPoolExecutor | None) -> Iterator[ChunkOutcome]:
+    """Chunks explained in this process (and ``local_pool``'s processes), or on a Dask cluster, as they finish."""
     if not tasks:
         return
     if scheduler == "local":
-        if workers > 1:
-            yield from _local_outcomes(tasks, workers)
+        if local_pool is not None:
+            yield from _local_outcomes(tasks, local_pool, workers - 1)
             return
         try:
             for task in tasks:
@@ -349,34 +358,41 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
     out = Path(config.out)
     (out / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
     models_dir = Path(config.models_dir).resolve()
-    registry = ModelRegistry.from_directory(models_dir)
-    service = ExplainService(registry, settings)
-    model = registry.get(config.model, config.version)
-    methods = _extra_methods(config, service, model)
-    table = read_claims_table(Path(config.data), model.manifest, id_column=config.id_column,
-                              label_column=config.label_column)
-    identity = _identity(config, model, table, methods)
-    _claim_run(out, identity, {"created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
-                               "workers": config.workers, "ignored_columns": table.ignored_columns,
-                               "models_dir": str(models_dir), "library_versions": library_versions(),
-                               "settings": {"top_k": config.top_k or settings.top_k,
-                                            "device": config.device or settings.device,
-                                            "agreement_threshold": settings.agreement_threshold}})
     audit_url = _audit_url(config, settings)
+    # Local worker processes start first: their imports and model load overlap this process's own.
+    local_pool = (_start_local_workers(config.workers - 1, models_dir, config.model, config.version,
+                                       audited=audit_url is not None)
+                  if config.scheduler == "local" and config.workers > 1 else None)
     store = None
-    if audit_url:
-        from risklens.audit import open_store
-
-        store = open_store(audit_url)
     try:
-        return _run(config, out, models_dir, model, methods, table, store, audit_url)
+        registry = ModelRegistry.from_directory(models_dir)
+        service = ExplainService(registry, settings)
+        model = registry.get(config.model, config.version)
+        methods = _extra_methods(config, service, model)
+        table = read_claims_table(Path(config.data), model.manifest, id_column=config.id_column,
+                                  label_column=config.label_column)
+        identity = _identity(config, model, table, methods)
+        _claim_run(out, identity, {"created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
+                                   "workers": config.workers, "ignored_columns": table.ignored_columns,
+                                   "models_dir": str(models_dir), "library_versions": library_versions(),
+                                   "settings": {"top_k": config.top_k or settings.top_k,
+                                                "device": config.device or settings.device,
+                                                "agreement_threshold": settings.agreement_threshold}})
+        if audit_url:
+            from risklens.audit import open_store
+
+            store = open_store(audit_url)
+        return _run(config, out, models_dir, model, methods, table, store, audit_url, local_pool)
     finally:
+        if local_pool is not None:
+            local_pool.shutdown(cancel_futures=True)
         if store is not None:
             store.close()
 
 
 def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel, methods: tuple[str, ...],
-         table: ClaimsTable, store: Any, audit_url: str | None) -> AuditRunResult:
+         table: ClaimsTable, store: Any, audit_url: str | None, local_pool: ProcessPoolExecutor | None
+         ) -> AuditRunResult:
     from tqdm import tqdm
 
     n = len(table)
@@ -415,7 +431,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
     bar = tqdm(total=n, initial=sum(rows_in(i) for i in done), unit="claim", unit_scale=True, smoothing=0.1,
                desc=f"explaining {model.name}", disable=not config.progress, dynamic_ncols=True)
     try:
-        for outcome in _iter_outcomes([task(i) for i in todo], config.scheduler, config.workers):
+        for outcome in _iter_outcomes([task(i) for i in todo], config.scheduler, config.workers, local_pool):
             os.replace(chunk_file(out, outcome.index, suffix=".pending.parquet"), chunk_file(out, outcome.index))
             done.add(outcome.index)
             chunks_by_worker[outcome.worker] += 1

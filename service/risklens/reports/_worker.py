@@ -11,6 +11,7 @@ workers keeps the audit trail's per-record cost off the driver, so it scales wit
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import socket
 import threading
@@ -27,6 +28,8 @@ from risklens.core import ExplainOptions, ExplainService, Explanation
 from risklens.errors import RiskLensError
 from risklens.registry import ModelRegistry
 from risklens.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Flat per-claim columns: a contribution column per feature is "<method>__<feature>".
 CONTRIBUTION_SEPARATOR = "__"
@@ -102,6 +105,16 @@ def _service(models_dir: str, audited: bool) -> tuple[ExplainService, _EntryColl
             _services[key] = (ExplainService(ModelRegistry.from_directory(settings.models_dir), settings,
                                              audit=collector if audited else None), collector)
         return _services[key]
+
+
+def warm_up(models_dir: str, model: str, version: str, audited: bool) -> None:
+    """Build this process's service, model and SHAP explainer before its first chunk. A model that
+    cannot be loaded is left for the chunk to report (the driver raises the chunk's error)."""
+    try:
+        service, _ = _service(models_dir, audited)
+        service.explainer(service.registry.get(model, version), "shap")
+    except RiskLensError as error:
+        log.debug("warm-up of model %r skipped: %s", model, error)
 
 
 def _store(url: str) -> Any:
