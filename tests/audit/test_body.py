@@ -103,8 +103,9 @@ def test_body_matches_json_format_on_real_and_edge_explanations(explanations: li
         body, source = write_body(explanation, explanation.claim, policy)
         assert body.decode("utf-8") == reference_body(explanation, explanation.claim, policy)
         expected_input = documented(risklens_pb2.Receipt(input=to_value_map(explanation.claim)))
-        assert source.decode("utf-8") == (json.dumps(json.loads(expected_input)["input"], sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False) if expected_input != "{}" else "{}")
+        expected_source = (json.dumps(json.loads(expected_input)["input"], sort_keys=True, separators=(",", ":"),
+                                      ensure_ascii=False) if expected_input != "{}" else "{}")
+        assert source.decode("utf-8") == expected_source
     # The redaction really happened: no raw text of a redacted field survives.
     if policy_name != "raw":
         body, _ = write_body(cases[-4], cases[-4].claim, policy)

@@ -192,7 +192,7 @@ def _recover_pending(out: Path, store: Any) -> int:
 
 
 class _ChunkQueue:
-    """Chunks not yet started, taken in order by whoever is free: the driver or the Dask submit loop."""
+    """Chunks not yet started, taken in order by whoever is free: this process or a pool's submit loop."""
 
     def __init__(self, tasks: Sequence[ChunkTask]) -> None:
         self._tasks = deque(tasks)
@@ -202,14 +202,10 @@ class _ChunkQueue:
         with self._lock:
             return self._tasks.popleft() if self._tasks else None
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._tasks)
 
-
-def _submitted_outcomes(submit: Callable[[ChunkTask], Any], wait_first: Callable[[set[Any]], tuple[set[Any], set[Any]]],
-                        chunks: _ChunkQueue, in_flight_limit: int, stop: threading.Event | None = None
-                        ) -> Iterator[ChunkOutcome]:
+def _submitted_outcomes(submit: Callable[[ChunkTask], Any],
+                        wait_first: Callable[[set[Any]], tuple[set[Any], set[Any]]], chunks: _ChunkQueue,
+                        in_flight_limit: int, stop: threading.Event | None = None) -> Iterator[ChunkOutcome]:
     """Chunks explained by a pool of workers (Dask or local processes), ``in_flight_limit`` at a
     time (the driver holds a few chunks, not the whole table twice), taken from ``chunks`` until it
     is empty or ``stop`` is set. ``wait_first(futures)`` returns (done, not done) once one is done."""
