@@ -77,7 +77,7 @@ def main() -> None:
             started = time.perf_counter()
             result = run_audit(AuditRunConfig(
                 model="fraud-oracle", data=data, out=out, models_dir=tmp_path / "models", workers=workers,
-                methods=(), chunk_size=500, audit_url=f"sqlite:///{tmp_path / f'audit-{workers}.db'}",
+                methods=(), audit_url=f"sqlite:///{tmp_path / f'audit-{workers}.db'}",
                 progress=False, report=False))
             wall = time.perf_counter() - started
             engine = pd.read_parquet(result.claims_path, columns=["shap_engine"])["shap_engine"].iloc[0]

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from risklens.reports._runner import AuditRunConfig, AuditRunResult, run_audit, run_summary
     from risklens.reports._table import ClaimsTable, read_claims_table
 
+# Claims per chunk, the unit of checkpointing: each chunk costs ~35 ms on top of its claims (three
+# fsyncs, two Parquet files, one audit transaction, the per-call setup of the model matrix, XGBoost
+# and the kernels), ~70 us a claim at 500 and ~17 us at 2,000; a killed run redoes at most one
+# chunk per worker. Here, not in ``_runner``, so that the CLI can show it without importing the stack.
+DEFAULT_CHUNK_SIZE = 2000
+
 _HOMES = {
     "write_demo_report": "_demo",
     "build_report": "_report", "templates_dir": "_report",
@@ -23,7 +29,7 @@ _HOMES = {
     "ClaimsTable": "_table", "read_claims_table": "_table",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = sorted([*_HOMES, "DEFAULT_CHUNK_SIZE"])
 
 
 def __getattr__(name: str) -> Any:

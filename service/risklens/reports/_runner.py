@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from risklens.core import ExplainService, library_versions
 from risklens.errors import InvalidRequest, ReceiptNotFound
 from risklens.registry import LoadedModel, ModelRegistry
+from risklens.reports import DEFAULT_CHUNK_SIZE
 from risklens.reports._pool import start_local_worker
 from risklens.reports._table import ClaimsTable, read_claims_table
 from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, worker_name
@@ -63,7 +64,6 @@ CHUNKS_DIR = "chunks"
 CLAIMS_FILE = "claims.parquet"
 REJECTS_FILE = "rejects.csv"
 DEFAULT_SAMPLE = 200
-DEFAULT_CHUNK_SIZE = 500
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from risklens.errors import RiskLensError
+from risklens.reports import DEFAULT_CHUNK_SIZE
 
 
 def audit_run(
@@ -29,7 +30,8 @@ def audit_run(
     sample: Annotated[int, typer.Option(help="Claims that get the extra methods (0: every claim).")] = 200,
     label: Annotated[Optional[str], typer.Option(help="Column with the 0/1 outcome, for AUC / PR-AUC.")] = None,
     id_column: Annotated[Optional[str], typer.Option(help="Column with the claim id (default: row number).")] = None,
-    chunk_size: Annotated[int, typer.Option(help="Claims per chunk (the unit of checkpointing).")] = 500,
+    chunk_size: Annotated[int, typer.Option(
+        help="Claims per chunk (the unit of checkpointing).")] = DEFAULT_CHUNK_SIZE,
     seed: Annotated[int, typer.Option(help="Seed that picks the sample.")] = 0,
     top_k: Annotated[int, typer.Option(help="Reasons per claim (0: settings default).")] = 0,
     device: Annotated[str, typer.Option(help="TreeSHAP device: auto, cpu or gpu (empty: settings).")] = "",
