@@ -17,6 +17,7 @@ _TEMPLATES = jinja2.Environment(
 )
 
 
+@lru_cache(maxsize=65_536)  # code texts repeat across claims
 def _sentence_case(text: str) -> str:
     """Lower-case the first letter so a code text reads inside a sentence, unless it starts an acronym."""
     first_word = text.split(" ", 1)[0]
