@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from risklens.rationale import Catalogue, ReasonCode, ReasonCodeSelector, format_value, render_rationale
 from risklens.registry import FeatureSpec, Manifest
@@ -75,3 +77,42 @@ def test_code_texts_are_reused_only_between_claims_that_read_the_same_values():
     # One claim at a time gives the same codes, texts and weights, bit for bit.
     for claim, values, codes in zip(claims, shap, rows):
         assert selector.select(claim, values, top_k=1) == codes
+
+
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300)
+@example(model_label="M\x001\x00", score=0.5, threshold=0.5, refer=True, reasons=[("raises", "\x000\x00")],
+         agreement="")
+@given(model_label=texts, score=st.floats(0, 1), threshold=st.floats(0, 1), refer=st.booleans(),
+       reasons=st.lists(st.tuples(st.sampled_from(["raises", "lowers"]), texts), max_size=7),
+       agreement=texts)
+def test_rationale_from_the_skeleton_is_the_jinja_rendering(model_label, score, threshold, refer, reasons,
+                                                              agreement):
+    """Per-claim texts put into a rendered skeleton give exactly what rendering the template gives."""
+    from risklens.rationale import render
+
+    assert render._SKELETON_SAFE  # the shipped template only prints and tests the per-claim texts
+    decision = "refer" if refer else "pass"
+    codes = [ReasonCode(f"C{i}", text, direction, 1.0, ("x",)) for i, (direction, text) in enumerate(reasons)]
+    raises = [render._sentence_case(c.text) for c in codes if c.direction == "raises"]
+    lowers = [render._sentence_case(c.text) for c in codes if c.direction == "lowers"]
+    expected = render._render_jinja(model_label, f"{score:.2f}", f"{threshold:.2f}", decision, raises, lowers,
+                                    agreement)
+    assert render_rationale(model_label=model_label, score=score, threshold=threshold, decision=decision,
+                            reason_codes=codes, agreement_summary=agreement) == expected
+
+
+def test_templates_that_do_more_than_print_the_texts_render_claim_by_claim():
+    from risklens.rationale import render
+
+    def verbatim(source: str) -> bool:
+        return render._prints_texts_verbatim(render._TEMPLATES.parse(source))
+
+    assert verbatim('{{ score }}: {% if raises and not lowers %}{{ raises|join("; ") }}{% endif %}')
+    assert verbatim('{{ "x" if agreement_summary else "y" }} {{ decision|upper }}')
+    for source in ('{{ raises|join("; ")|upper }}', '{{ score|float > 0.5 }}', '{% if score > "0.5" %}x{% endif %}',
+                   "{% for r in raises %}{{ r }}{% endfor %}", "{{ raises[0] }}", "{{ lowers|length }}",
+                   "{% set s = agreement_summary %}{{ s }}", '{{ raises|join(sep) }}'):
+        assert not verbatim(source), source
