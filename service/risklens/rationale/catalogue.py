@@ -115,6 +115,7 @@ class ReasonCodeSelector:
         index = {name: i for i, name in enumerate(names)}
         self._specs = catalogue.codes
         self._code_columns = [[index[f] for f in spec.features] for spec in self._specs]
+        self._code_names = [spec.code for spec in self._specs]
         self._code_features = [tuple(spec.features) for spec in self._specs]
         self._templates = {"raises": [_compiled(spec.raises) for spec in self._specs],
                            "lowers": [_compiled(spec.lowers) for spec in self._specs]}
@@ -158,7 +159,12 @@ class ReasonCodeSelector:
     def _code(self, claim: dict[str, Any], direction: str, c: int, weight: float) -> ReasonCode:
         reads = self._reads[direction][c]
         # Categories are shown as they are; other values through format_value (-0.0 shows as "-0").
-        shown = tuple([value if type(value) is str else format_value(value) for value in map(claim.__getitem__, reads)])
+        if len(reads) == 1:  # the usual code: one feature
+            value = claim[reads[0]]
+            shown: tuple[str, ...] = (value if type(value) is str else format_value(value),)
+        else:
+            shown = tuple([value if type(value) is str else format_value(value)
+                           for value in map(claim.__getitem__, reads)])
         key = (direction, c, shown)
         text = self._texts.get(key)
         if text is None:
@@ -166,7 +172,8 @@ class ReasonCodeSelector:
             text = render_template(self._templates[direction][c], {**values, "claim": values})
             if len(self._texts) < _MAX_CACHED_TEXTS:
                 self._texts[key] = text
-        return ReasonCode(self._specs[c].code, text, direction, weight, self._code_features[c])
+        # tuple.__new__: the NamedTuple without its Python-level constructor (one per code per claim)
+        return tuple.__new__(ReasonCode, (self._code_names[c], text, direction, weight, self._code_features[c]))
 
 
 def load_catalogue(model: LoadedModel) -> Catalogue:
