@@ -230,15 +230,16 @@ def write_body(e: Explanation, claim: Mapping[str, Any], policy: RedactionPolicy
     body: dict[str, Any] = {}
     if policy.is_raw:
         stored: Mapping[str, Fragment | None] = values
-        kept = values
+        if values:
+            body["input"] = Fragment(source)  # the input as given, already written
     else:
         stored = {name: _stored_value(policy, name, value) for name, value in claim.items()}
         dropped = sorted(name for name, fragment in stored.items() if fragment is None)
         if dropped:
             body["dropped_fields"] = dropped
         kept = {name: fragment for name, fragment in stored.items() if fragment is not None}
-    complete = policy.is_raw and all(feature in values for feature, _, _ in e.contributions)
+        if kept:
+            body["input"] = kept
+    complete = policy.is_raw and all(map(values.__contains__, [feature for feature, _, _ in e.contributions]))
     body["explanation"] = explanation_document(e, policy, stored, complete)
-    if kept:
-        body["input"] = kept
     return orjson.dumps(body, option=_SORTED), source

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -264,6 +265,7 @@ def checkpoint_payload(checkpoint: risklens_pb2.Checkpoint) -> bytes:
     return canonical_message(signed)
 
 
+@lru_cache(maxsize=64)  # the claims of one batch share their timestamp
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``: fixed width, so text order is time order."""
     if moment.tzinfo is None:
