@@ -241,9 +241,9 @@ class ExplainService:
         Per-claim work is done on whole arrays where it can be (scores, contribution order, reason
         code weights), so one claim and a table chunk take the same code path.
         """
-        from risklens.audit import new_receipt_id
+        from risklens.audit import new_receipt_ids
 
-        receipts = [new_receipt_id() for _ in claims]
+        receipts = new_receipt_ids(len(claims))
         seeds = [options.seed if options.seed is not None else seed_from_receipt(r) for r in receipts]
         context = ExplainContext(top_k=top_k, device=device, seeds=seeds, lime_samples=options.lime_samples,
                                  agreement_threshold=self.settings.agreement_threshold)

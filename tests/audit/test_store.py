@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import json_format
 
 from risklens.audit import (AuditEntry, AuditStore, RedactionPolicy, SqliteAuditStore, input_sha256, load_or_create_signing_key,
-                            new_receipt_id, open_store, public_key_hex)
+                            new_receipt_id, new_receipt_ids, open_store, public_key_hex)
 from risklens.audit._canonical import body_text, record_hash, to_value_map
 from risklens.errors import DuplicateReceipt, InvalidRequest, ManifestError, ReceiptNotFound
 from risklens.v1 import risklens_pb2
@@ -37,7 +37,7 @@ def raw_execute(store: AuditStore, sql: str, params: tuple[Any, ...] = ()) -> li
 
 def test_uuid7_receipt_ids_are_time_ordered() -> None:
     before_ms = int(datetime.now(UTC).timestamp() * 1000)
-    ids = [new_receipt_id() for _ in range(5000)]
+    ids = [new_receipt_id() for _ in range(5000)] + new_receipt_ids(5000) + [new_receipt_id()]
     parsed = [uuid.UUID(text) for text in ids]
     assert all(value.version == 7 and value.variant == uuid.RFC_4122 for value in parsed)
     assert ids == sorted(ids) and len(set(ids)) == len(ids)

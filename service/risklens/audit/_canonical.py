@@ -326,18 +326,29 @@ def new_receipt_id() -> str:
 
     Ids made in one process are strictly increasing, so they sort in issue order.
     """
+    return new_receipt_ids(1)[0]
+
+
+def new_receipt_ids(count: int) -> list[str]:
+    """``count`` ids as ``new_receipt_id`` makes them, under one lock and one read of the random source."""
     global _uuid_last
+    stamps = []
     with _uuid_lock:
-        millis = time.time_ns() // 1_000_000
+        now = time.time_ns() // 1_000_000
         last_millis, last_counter = _uuid_last
-        if millis <= last_millis:
-            millis, counter = last_millis, last_counter + 1
-            if counter >= 1 << 12:  # counter exhausted within one millisecond: borrow the next one
-                millis, counter = last_millis + 1, 0
-        else:
-            counter = 0
-        _uuid_last = (millis, counter)
-    random_bits = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (millis << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | random_bits
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        for _ in range(count):
+            if now <= last_millis:
+                millis, counter = last_millis, last_counter + 1
+                if counter >= 1 << 12:  # counter exhausted within one millisecond: borrow the next one
+                    millis, counter = last_millis + 1, 0
+            else:
+                millis, counter = now, 0
+            stamps.append((millis << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62))
+            last_millis, last_counter = millis, counter
+        _uuid_last = (last_millis, last_counter)
+    random = os.urandom(8 * count)
+    ids = []
+    for i, stamp in enumerate(stamps):
+        text = f"{stamp | (int.from_bytes(random[8 * i:8 * i + 8], 'big') & ((1 << 62) - 1)):032x}"
+        ids.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return ids
