@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,31 +62,54 @@ def test_whole_fraud_oracle_table_is_explained_once_and_audited(fraud_run, fraud
     assert set(receipts) == set(claims["receipt_id"])
     assert (out / "rejects.csv").read_text().strip() == "row,claim_id,code,field,reason"
     assert "explained 15,420 claims, rejected 0" in output
-    # --workers 2: this process and one spawned worker process took chunks from one queue, each chunk once.
+    # --workers 2: this process and one worker process took chunks from one queue, each chunk once.
     by_worker = json.loads((out / "summary.json").read_text())["chunks_by_worker"]
     assert sum(by_worker.values()) == 16 and by_worker["driver"] >= 1 and len(by_worker) <= 2
     assert f"report   {out / 'report.html'}" in output
 
 
+def _children(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(child) for child in (task / "children").read_text().split())
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_killed_run_resumes_without_missing_or_duplicate_claims(fraud_models_dir, tmp_path):
+    """kill -9 of a two-worker run (a fresh CLI process: the worker is forked), then the same command."""
     data = tmp_path / "claims.csv"
     pd.read_csv(FRAUD_CSV).iloc[:3000].to_csv(data, index=False)
     out = tmp_path / "run"
     audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
     command = [sys.executable, "-m", "risklens.cli", "audit", "run", "--model", "fraud-oracle", "--data", str(data),
                "--out", str(out), "--models", str(fraud_models_dir), "--chunk-size", "100", "--methods", "shap",
-               "--audit-url", audit_url, "--no-report", "--no-progress"]
+               "--workers", "2", "--audit-url", audit_url, "--no-report", "--no-progress"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(list((out / "chunks").glob("chunk-??????.parquet"))) < 3:
         assert first.poll() is None, first.stderr.read().decode()
         assert time.monotonic() < deadline, "the run committed no chunks in time"
         time.sleep(0.02)
+    workers = _children(first.pid)
+    assert workers, "the run has no worker process"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     committed = len(list((out / "chunks").glob("chunk-??????.parquet")))
     assert not (out / "claims.parquet").exists(), "the run finished before it was killed"
     assert 3 <= committed < 30
+    # The worker dies with the driver: left running, it could record a chunk the rerun redoes.
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker process outlived the killed driver"
+        time.sleep(0.05)
+    assert json.loads((out / "run.json").read_text())["worker_start"] == "fork"
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
@@ -96,6 +121,26 @@ def test_killed_run_resumes_without_missing_or_duplicate_claims(fraud_models_dir
     receipts = _audited_receipts(audit_url)
     assert len(receipts) == len(set(receipts)) == 3000
     assert set(receipts) == set(claims["receipt_id"])
+    by_worker = json.loads((out / "summary.json").read_text())["chunks_by_worker"]
+    assert sum(by_worker.values()) == 30 - resumed and "driver" in by_worker and len(by_worker) <= 2
+
+
+def test_local_workers_are_forked_only_where_it_is_safe(fraud_models_dir, tmp_path):
+    config = AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,
+                            workers=2, record_audit=False, progress=False, report=False)
+    with pytest.raises(InvalidRequest, match="worker start must be one of auto, fork, spawn") as raised:
+        run_audit(replace(config, worker_start="thread"))
+    assert raised.value.field == "worker_start"
+    # Another Python thread could hold a lock the forked child would wait on forever.
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with pytest.raises(InvalidRequest, match="cannot fork local workers here: .* other Python thread"):
+            run_audit(replace(config, worker_start="fork"))
+    finally:
+        release.set()
+        other.join()
 
 
 def test_dask_cluster_run_matches_the_local_run(fraud_run, fraud_models_dir, tmp_path):

@@ -22,8 +22,12 @@ def audit_run(
     scheduler: Annotated[str, typer.Option(
         help="'local' (worker processes on this machine) or a Dask scheduler address tcp://HOST:PORT.")] = "local",
     workers: Annotated[int, typer.Option(
-        help="Local workers: this process plus N-1 spawned worker processes, all taking chunks from one "
+        help="Local workers: this process plus N-1 worker processes, all taking chunks from one "
              "queue (ignored for a Dask address).")] = 1,
+    worker_start: Annotated[str, typer.Option(
+        help="How local worker processes start: 'fork' (from this process, with the model already loaded: "
+             "they join within milliseconds; Linux), 'spawn' (fresh interpreters: ~2 s of imports each), or "
+             "'auto' (fork where it is safe).")] = "auto",
     methods: Annotated[str, typer.Option(
         help="Extra methods for the sample, comma-separated (lime,ice,ebm,permutation,agreement); "
              "'auto': every method the model supports; 'shap': SHAP only.")] = "auto",
@@ -53,6 +57,7 @@ def audit_run(
     extra = None if chosen == "auto" else tuple(m for m in chosen.split(",") if m and m != "shap")
     config = AuditRunConfig(
         model=model, data=data, out=out, models_dir=models, version=version, scheduler=scheduler, workers=workers,
+        worker_start=worker_start,
         methods=extra, sample=sample, label_column=label, id_column=id_column, chunk_size=chunk_size, seed=seed,
         top_k=top_k, device=device, audit_url=audit_url, record_audit=not no_audit, progress=progress,
         report=report, pdf=pdf)
