@@ -223,6 +223,19 @@ def _stored_value(policy: RedactionPolicy, name: str, value: Any) -> Fragment | 
     return None
 
 
+def _redacted(policy: RedactionPolicy, claim: Mapping[str, Any], values: dict[str, Fragment]
+              ) -> dict[str, Fragment | None]:
+    """Each claim value as the policy stores it (None: dropped), given ``values``, their raw fragments.
+    Under a policy that keeps fields raw by default, only the fields it names are looked at."""
+    if policy.default != "raw":
+        return {name: _stored_value(policy, name, value) for name, value in claim.items()}
+    stored: dict[str, Fragment | None] = dict(values)
+    for name, action in policy.fields.items():
+        if action != "raw" and name in stored:
+            stored[name] = _stored_value(policy, name, claim[name])
+    return stored
+
+
 def write_body(e: Explanation, claim: Mapping[str, Any], policy: RedactionPolicy) -> tuple[bytes, bytes]:
     """(canonical body JSON, canonical input JSON), UTF-8, of the audit record of ``claim``'s explanation."""
     values = {name: value_fragment(value) for name, value in claim.items()}
@@ -233,13 +246,13 @@ def write_body(e: Explanation, claim: Mapping[str, Any], policy: RedactionPolicy
         if values:
             body["input"] = Fragment(source)  # the input as given, already written
     else:
-        stored = {name: _stored_value(policy, name, value) for name, value in claim.items()}
+        stored = _redacted(policy, claim, values)
         dropped = sorted(name for name, fragment in stored.items() if fragment is None)
         if dropped:
             body["dropped_fields"] = dropped
         kept = {name: fragment for name, fragment in stored.items() if fragment is not None}
         if kept:
             body["input"] = kept
-    complete = policy.is_raw and all(map(values.__contains__, [feature for feature, _, _ in e.contributions]))
+    complete = all(stored.get(feature) is not None for feature, _, _ in e.contributions)
     body["explanation"] = explanation_document(e, policy, stored, complete)
     return orjson.dumps(body, option=_SORTED), source
