@@ -293,7 +293,7 @@ def _start_local_workers(n: int, method: str, models_dir: Path, model: str, vers
 @contextmanager
 def _single_threaded_native_pools() -> Iterator[None]:
     """numba's kernels (in this thread) and the OpenMP / BLAS pools (XGBoost's prediction) on one
-    thread, as in the spawned worker processes. With this process's pools as wide as the machine
+    thread, as in the worker processes. With this process's pools as wide as the machine
     next to a busy worker process, both ran about 1.8x slower per chunk (fraud_oracle, 2 cores)."""
     import numba
     from threadpoolctl import threadpool_limits
@@ -312,7 +312,7 @@ def _local_outcomes(tasks: Sequence[ChunkTask], pool: ProcessPoolExecutor, n_pro
     """Local workers: this process and the ``n_processes`` of ``pool``, on one queue of chunks.
 
     This process has the stack imported and the model loaded, so it explains chunks from the
-    start; the spawned processes join as soon as they are up (on a short table, they may get none).
+    start; the worker processes join as soon as they are up (on a short table, they may get none).
     """
     chunks = _ChunkQueue(tasks)
     finished: queue.SimpleQueue[ChunkOutcome | BaseException | None] = queue.SimpleQueue()
@@ -346,7 +346,7 @@ def _local_outcomes(tasks: Sequence[ChunkTask], pool: ProcessPoolExecutor, n_pro
             else:
                 yield item
 
-    with _single_threaded_native_pools():  # the spawned processes have the other cores
+    with _single_threaded_native_pools():  # the worker processes have the other cores
         try:
             while (task := chunks.take()) is not None:
                 yield explain_chunk(task)
