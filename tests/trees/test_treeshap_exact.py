@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CASES, shap_reference
+from treeshap_cases import CASES, shap_reference
 
 from risklens.trees import TreeShap
 
