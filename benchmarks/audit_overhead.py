@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 16
 CONCURRENT_ROUNDS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(audit: bool, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import free_port
 
 from risklens.audit import AuditEntry, AuditStore, RedactionPolicy, new_receipt_id, open_store
 from risklens.v1 import risklens_pb2
@@ -72,12 +72,6 @@ def make_entries(explained: list[Explained]) -> EntryFactory:
 # ---------------------------------------------------------------------------------- PostgreSQL
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _postgres_bin() -> Path | None:
     found = shutil.which("initdb")
     if found:
@@ -120,7 +114,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
             os.chmod(parent, os.stat(parent).st_mode | 0o011)
     data_dir = data_root / "data"
-    port = _free_port()
+    port = free_port()
     initdb = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "risklens",
                              "--auth=trust", "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
     if initdb.returncode != 0:

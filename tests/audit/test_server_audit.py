@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from loopback import free_port
 from typer.testing import CliRunner
 
 from risklens.audit import RedactionPolicy, open_store, verify_export, write_export
@@ -179,12 +179,6 @@ def test_replay_of_a_claim_explained_in_a_table_is_identical(tmp_path: Path, cla
 # --------------------------------------------------------------------------- kill -9 during streams
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")
     process = subprocess.Popen(
@@ -201,7 +195,7 @@ def _start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.Popen[bytes]]]]:
     processes: list[subprocess.Popen[bytes]] = []
-    yield tmp_path / "data", _free_port(), processes
+    yield tmp_path / "data", free_port(), processes
     for process in processes:
         if process.poll() is None:
             process.kill()
