@@ -125,6 +125,24 @@ def test_killed_run_resumes_without_missing_or_duplicate_claims(fraud_models_dir
     assert sum(by_worker.values()) == 30 - resumed and "driver" in by_worker and len(by_worker) <= 2
 
 
+def test_cli_runs_one_worker_per_core_by_default(fraud_models_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from risklens.cli import app
+
+    data = tmp_path / "claims.csv"
+    pd.read_csv(FRAUD_CSV).iloc[:300].to_csv(data, index=False)
+    result = CliRunner().invoke(app, [
+        "audit", "run", "--model", "fraud-oracle", "--data", str(data), "--out", str(tmp_path / "run"),
+        "--models", str(fraud_models_dir), "--chunk-size", "100", "--methods", "shap", "--no-audit",
+        "--no-report", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["workers"] == len(os.sched_getaffinity(0))
+    by_worker = json.loads((tmp_path / "run" / "summary.json").read_text())["chunks_by_worker"]
+    assert sum(by_worker.values()) == 3 and "driver" in by_worker
+    assert len(pd.read_parquet(tmp_path / "run" / "claims.parquet")) == 300
+
+
 def test_local_workers_are_forked_only_where_it_is_safe(fraud_models_dir, tmp_path):
     config = AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,
                             workers=2, record_audit=False, progress=False, report=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,7 +24,7 @@ def audit_run(
         help="'local' (worker processes on this machine) or a Dask scheduler address tcp://HOST:PORT.")] = "local",
     workers: Annotated[int, typer.Option(
         help="Local workers: this process plus N-1 worker processes, all taking chunks from one "
-             "queue (ignored for a Dask address).")] = 1,
+             "queue; 0 (default): one per CPU core this process may use. Ignored for a Dask address.")] = 0,
     worker_start: Annotated[str, typer.Option(
         help="How local worker processes start: 'fork' (from this process, with the model already loaded: "
              "they join within milliseconds; Linux), 'spawn' (fresh interpreters: ~2 s of imports each), or "
@@ -53,6 +54,8 @@ def audit_run(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if workers == 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     chosen = methods.strip().lower()
     extra = None if chosen == "auto" else tuple(m for m in chosen.split(",") if m and m != "shap")
     config = AuditRunConfig(
