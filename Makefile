@@ -41,7 +41,7 @@ serve: setup  ## serve the bundled models on 127.0.0.1:50051
 	$(VENV)/bin/risklens serve --models models --port 50051
 
 bench: setup  ## run the benchmarks and print their tables
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/[a-z]*.py; do $(PY) $$b || exit 1; done
 
 clean:  ## remove the environment and caches
 	rm -rf $(VENV) .cache .pytest_cache var

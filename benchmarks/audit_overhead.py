@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from loopback import free_port
+from _loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 16

@@ -1,4 +1,5 @@
-"""Loopback helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``)."""
+"""Loopback helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``; ``make bench``
+runs every script whose name starts with a letter, so not this one)."""
 
 from __future__ import annotations
 
