@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -82,6 +83,11 @@ def start_server(settings: Settings, service: ExplainService | None = None) -> R
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     running = start_server(settings)
+    # What is alive now (the imported stack, every model) lives as long as the server. Frozen out
+    # of the collector's generations, it is no longer walked by each full collection: those took
+    # 107-125 ms, about once per 900 Explain calls of the demo model, and 14-17 ms frozen (measured).
+    gc.collect()
+    gc.freeze()
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
