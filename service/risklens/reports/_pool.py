@@ -35,10 +35,7 @@ def start_local_worker(models_dir: str, model: str, version: str, audited: bool)
     and the model loaded (before the first chunk arrives); audit stores closed at exit."""
     _die_with_the_driver()
     os.environ.update({name: "1" for name in _NATIVE_POOLS})
-    multiprocessing.util.Finalize(None, _close_stores, exitpriority=10)
-    from risklens.reports._worker import warm_up
-
-    warm_up(models_dir, model, version, audited)
+    _ready_for_chunks(models_dir, model, version, audited)
 
 
 def start_forked_worker(models_dir: str, model: str, version: str, audited: bool) -> None:
@@ -57,6 +54,11 @@ def start_forked_worker(models_dir: str, model: str, version: str, audited: bool
     _die_with_the_driver()
     threadpool_limits(limits=1)
     numba.set_num_threads(1)
+    _ready_for_chunks(models_dir, model, version, audited)
+
+
+def _ready_for_chunks(models_dir: str, model: str, version: str, audited: bool) -> None:
+    """The model loaded and its explainer built before the first chunk arrives; stores closed at exit."""
     multiprocessing.util.Finalize(None, _close_stores, exitpriority=10)
     from risklens.reports._worker import warm_up
 

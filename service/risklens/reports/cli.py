@@ -26,9 +26,9 @@ def audit_run(
         help="Local workers: this process plus N-1 worker processes, all taking chunks from one "
              "queue; 0 (default): one per CPU core this process may use. Ignored for a Dask address.")] = 0,
     worker_start: Annotated[str, typer.Option(
-        help="How local worker processes start: 'fork' (from this process, with the model already loaded: "
-             "they join within milliseconds; Linux), 'spawn' (fresh interpreters: ~2 s of imports each), or "
-             "'auto' (fork where it is safe).")] = "auto",
+        help="How local worker processes start: 'fork' (from this process once it has loaded the model; they "
+             "skip the imports and join after ~1 s; Linux), 'spawn' (fresh interpreters: ~2-2.5 s of imports "
+             "and model load each), or 'auto' (fork where it is safe).")] = "auto",
     methods: Annotated[str, typer.Option(
         help="Extra methods for the sample, comma-separated (lime,ice,ebm,permutation,agreement); "
              "'auto': every method the model supports; 'shap': SHAP only.")] = "auto",
