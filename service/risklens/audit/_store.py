@@ -538,6 +538,16 @@ class SqliteAuditStore(AuditStore):
                     connection = connection or self._connect()
                     # PASSIVE: copies what it can without waiting for, or blocking, writers and readers.
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    # Then the few frames appended meanwhile, with this process's writers held
+                    # back (~1 ms): only a fully copied log is restarted from its start by the next
+                    # commit. Under steady load the first pass alone never catches up, and the log
+                    # grew by ~4 frames a record (32 MB after 4,000 records), every commit
+                    # extending the file; rewriting a log in place makes the commit's fdatasync
+                    # cheaper too (no file-size change to journal).
+                    with self._write_lock:
+                        if self._closed:
+                            return
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except (sqlite3.Error, RiskLensError) as error:
                     log.warning("background WAL checkpoint of %s failed: %s", self.path, error)
         finally:
