@@ -355,3 +355,19 @@ def test_the_sqlite_log_stays_bounded_under_steady_writes(tmp_path: Any, make_en
     assert count == 6 * 45 * 11
     # Written at a steady rate, the log reaches its working size early and stays there.
     assert sizes[-1] <= 1.25 * sizes[1], sizes
+
+
+def test_closing_during_a_background_checkpoint_returns(tmp_path: Any, make_entries: EntryFactory) -> None:
+    """close() used to join the checkpointer while holding the write lock that the checkpoint's
+    second pass takes: an audit run hung at its end."""
+    import threading
+
+    entries = make_entries(260)
+    for attempt in range(10):
+        store = open_store(f"sqlite:///{tmp_path}/audit-{attempt}.db")
+        store.record(entries)  # a background checkpoint is now due
+        closer = threading.Thread(target=store.close, daemon=True)
+        closer.start()
+        closer.join(timeout=30)
+        assert not closer.is_alive(), f"close() hung (attempt {attempt})"
+

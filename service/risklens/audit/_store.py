@@ -634,11 +634,14 @@ class SqliteAuditStore(AuditStore):
 
     def close(self) -> None:
         with self._write_lock:
-            if not self._closed:
-                self._closed = True
-                self._checkpoint_due.set()
-                self._checkpointer.join()
-                self._writer.close()
+            if self._closed:
+                return
+            self._closed = True
+            self._checkpoint_due.set()
+        # Joined without the write lock: a checkpoint in progress takes it to finish its pass.
+        self._checkpointer.join()
+        with self._write_lock:
+            self._writer.close()
 
 
 class PostgresAuditStore(AuditStore):
