@@ -143,6 +143,37 @@ def test_cli_runs_one_worker_per_core_by_default(fraud_models_dir, tmp_path):
     assert len(pd.read_parquet(tmp_path / "run" / "claims.parquet")) == 300
 
 
+def test_a_model_replaced_between_runs_in_one_process_is_the_one_explained(tmp_path):
+    """A long-lived process (a notebook, a scheduler) runs, retrains into the same directory, runs again:
+    the second run explains with the model now on disk, the one its run.json names."""
+    import xgboost as xgb
+
+    from risklens.datasets import generate_claims
+    from risklens.registry import infer_schema, write_model_dir
+    from risklens.registry.manifest import Manifest
+    from risklens.registry.schema import encode_frame
+
+    X, y = generate_claims(600, seed=3)
+    features = infer_schema(X)
+    matrix = encode_frame(Manifest(name="_", version="0", framework="xgboost", artifact="_", sha256="_",
+                                   features=features), X)
+    X.to_csv(tmp_path / "claims.csv", index=False)
+    raw_scores = []
+    for round_, trees in enumerate((3, 12)):
+        model = xgb.XGBClassifier(n_estimators=trees, max_depth=3, n_jobs=1, random_state=0).fit(matrix, y)
+        write_model_dir(tmp_path / "models" / "m", model, name="m", version="1.0.0", features=features,
+                        background=X.iloc[:100])
+        out = tmp_path / f"run-{round_}"
+        run_audit(AuditRunConfig(model="m", data=tmp_path / "claims.csv", out=out, models_dir=tmp_path / "models",
+                                 methods=(), record_audit=False, progress=False, report=False))
+        claims = pd.read_parquet(out / "claims.parquet")
+        np.testing.assert_allclose(claims["raw_score"], model.predict(matrix, output_margin=True), atol=1e-5)
+        assert json.loads((out / "run.json").read_text())["identity"]["model_sha256"] == \
+            ModelRegistry.from_directory(tmp_path / "models").get("m").manifest.sha256
+        raw_scores.append(claims["raw_score"].to_numpy())
+    assert not np.allclose(raw_scores[0], raw_scores[1])
+
+
 def test_local_workers_are_forked_only_where_it_is_safe(fraud_models_dir, tmp_path):
     config = AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,
                             workers=2, record_audit=False, progress=False, report=False)

@@ -23,6 +23,7 @@ So every claim ends up explained and recorded exactly once.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing
@@ -55,7 +56,8 @@ from risklens.registry import LoadedModel, ModelRegistry
 from risklens.reports import DEFAULT_CHUNK_SIZE
 from risklens.reports._pool import start_forked_worker, start_local_worker
 from risklens.reports._table import ClaimsTable, read_claims_table
-from risklens.reports._worker import ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, worker_name
+from risklens.reports._worker import (ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, use_registry,
+                                      worker_name)
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -281,7 +283,13 @@ def _start_local_workers(n: int, method: str, models_dir: Path, model: str, vers
             # Python warns about forking a process with threads; the only ones here are native
             # pools that survive a fork (see _why_not_fork), and the children use OpenMP single-threaded.
             warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-            pool.submit(os.getpid)  # forks all n processes now, before this process starts threads
+            # Frozen, what the children inherit is outside their collector's generations: their
+            # collections never touch (and so never copy) those pages. This process thaws at once.
+            gc.freeze()
+            try:
+                pool.submit(os.getpid)  # forks all n processes now, before this process starts threads
+            finally:
+                gc.unfreeze()
         return pool
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=start_local_worker,
                                initargs=(str(models_dir), model, version, audited))
@@ -440,6 +448,7 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
         registry = ModelRegistry.from_directory(models_dir)
         service = ExplainService(registry, settings)
         model = registry.get(config.model, config.version)
+        use_registry(str(models_dir), audited, registry)  # this process's chunks, and forked workers'
         if start_method == "fork":
             # Forked now, the workers inherit the stack this process has imported to load the model
             # (XGBoost and scikit-learn alone take over a second), and build their explainers while
