@@ -262,3 +262,24 @@ def test_unknown_method_is_refused(fraud_models_dir, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown method"):
         run_audit(AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,
                                  methods=("telepathy",), record_audit=False, progress=False, report=False))
+
+
+def test_csv_tables_read_as_pandas_reads_them_also_where_arrow_cannot(insurance_models_dir, tmp_path):
+    """Arrow's multi-threaded reader gives the frame pandas' parser gives, and a file it refuses (rows
+    that leave out the empty trailing column) is read by pandas' parser instead."""
+    from risklens.reports._table import NA_TOKENS, _read_csv_as_text
+
+    for source in (FRAUD_CSV, INSURANCE_CSV):
+        expected = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=list(NA_TOKENS))
+        pd.testing.assert_frame_equal(_read_csv_as_text(source, NA_TOKENS), expected)
+    lines = INSURANCE_CSV.read_text().splitlines()
+    assert all(line.endswith(",") for line in lines[1:])  # the empty trailing column "_c39"
+    data = tmp_path / "short_rows.csv"
+    data.write_text("\n".join([lines[0], *(line[:-1] if i % 2 else line for i, line in enumerate(lines[1:]))]) + "\n")
+    with pytest.raises(ValueError, match="Expected 40 columns"):
+        pd.read_csv(data, engine="pyarrow", dtype=str)
+    model = ModelRegistry.from_directory(insurance_models_dir).get("insurance")
+    table = read_claims_table(data, model.manifest, id_column="policy_number")
+    expected = read_claims_table(INSURANCE_CSV, model.manifest, id_column="policy_number")
+    pd.testing.assert_frame_equal(table.features, expected.features)
+    assert table.claim_ids == expected.claim_ids and "_c39" in table.ignored_columns

@@ -8,11 +8,14 @@ it was, so that ``validate_claim`` rejects exactly that row with a message namin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from risklens.errors import InvalidRequest, SchemaError
 from risklens.registry import Manifest, file_sha256
@@ -22,6 +25,8 @@ from risklens.registry.manifest import FeatureSpec
 NA_TOKENS = ("", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +93,22 @@ def _normalise(spec: FeatureSpec, column: pd.Series) -> pd.Series:
     return _as_text(column)
 
 
+def _read_csv_as_text(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
+    """Every column as text: the schema, not pandas' guess, decides each column's type.
+
+    Arrow's reader is multi-threaded (fraud_oracle four times over, 61,680 rows: 0.12 s instead of
+    0.51 s on 2 cores) and gives the same frame; a file it refuses (rows short of the header's
+    columns, which pandas fills with missing values) is read again by pandas' own parser, which
+    decides what is an error.
+    """
+    options: dict[str, Any] = {"dtype": str, "keep_default_na": False, "na_values": list(na_values)}
+    try:
+        return pd.read_csv(path, engine="pyarrow", **options)
+    except (ValueError, pa.ArrowException) as error:
+        log.debug("Arrow could not read %s (%s); reading it with pandas' parser", path.name, error)
+        return pd.read_csv(path, **options)
+
+
 def read_claims_table(path: Path, manifest: Manifest, *, id_column: str | None = None,
                       label_column: str | None = None, na_values: tuple[str, ...] = NA_TOKENS) -> ClaimsTable:
     """Read ``path`` (``.csv`` or ``.parquet``) for ``manifest``'s features.
@@ -98,8 +119,7 @@ def read_claims_table(path: Path, manifest: Manifest, *, id_column: str | None =
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        # Everything as text first: the schema, not pandas' guess, decides each column's type.
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=list(na_values))
+        raw = _read_csv_as_text(path, na_values)
     elif suffix in (".parquet", ".pq"):
         raw = pd.read_parquet(path)
         text_columns = [c for c in raw.columns if not pd.api.types.is_numeric_dtype(raw[c])
