@@ -144,34 +144,57 @@ def test_cli_runs_one_worker_per_core_by_default(fraud_models_dir, tmp_path):
 
 
 def test_a_model_replaced_between_runs_in_one_process_is_the_one_explained(tmp_path):
-    """A long-lived process (a notebook, a scheduler) runs, retrains into the same directory, runs again:
-    the second run explains with the model now on disk, the one its run.json names."""
+    """A long-lived process (a notebook, a scheduler, a Dask worker) explains, the model is retrained
+    into the same directory, and it explains again: with the model now on disk, the one the run
+    names; a model replaced during a run stops it."""
     import xgboost as xgb
 
     from risklens.datasets import generate_claims
+    from risklens.errors import ArtifactIntegrityError
     from risklens.registry import infer_schema, write_model_dir
     from risklens.registry.manifest import Manifest
     from risklens.registry.schema import encode_frame
+    from risklens.reports._worker import ChunkTask, chunk_file, explain_chunk
 
     X, y = generate_claims(600, seed=3)
     features = infer_schema(X)
     matrix = encode_frame(Manifest(name="_", version="0", framework="xgboost", artifact="_", sha256="_",
                                    features=features), X)
     X.to_csv(tmp_path / "claims.csv", index=False)
-    raw_scores = []
-    for round_, trees in enumerate((3, 12)):
+    models = tmp_path / "models"
+
+    def retrain(trees: int) -> tuple[np.ndarray, str]:
         model = xgb.XGBClassifier(n_estimators=trees, max_depth=3, n_jobs=1, random_state=0).fit(matrix, y)
-        write_model_dir(tmp_path / "models" / "m", model, name="m", version="1.0.0", features=features,
-                        background=X.iloc[:100])
-        out = tmp_path / f"run-{round_}"
-        run_audit(AuditRunConfig(model="m", data=tmp_path / "claims.csv", out=out, models_dir=tmp_path / "models",
-                                 methods=(), record_audit=False, progress=False, report=False))
-        claims = pd.read_parquet(out / "claims.parquet")
-        np.testing.assert_allclose(claims["raw_score"], model.predict(matrix, output_margin=True), atol=1e-5)
-        assert json.loads((out / "run.json").read_text())["identity"]["model_sha256"] == \
-            ModelRegistry.from_directory(tmp_path / "models").get("m").manifest.sha256
-        raw_scores.append(claims["raw_score"].to_numpy())
-    assert not np.allclose(raw_scores[0], raw_scores[1])
+        write_model_dir(models / "m", model, name="m", version="1.0.0", features=features, background=X.iloc[:100])
+        return model.predict(matrix, output_margin=True), ModelRegistry.from_directory(models).get("m").manifest.sha256
+
+    def audit_run(out: Path) -> pd.DataFrame:
+        run_audit(AuditRunConfig(model="m", data=tmp_path / "claims.csv", out=out, models_dir=models, methods=(),
+                                 record_audit=False, progress=False, report=False))
+        return pd.read_parquet(out / "claims.parquet")
+
+    def worker_chunk(sha256: str) -> pd.DataFrame:  # what a Dask worker is handed
+        table = read_claims_table(tmp_path / "claims.csv", ModelRegistry.from_directory(models).get("m").manifest)
+        out = tmp_path / "worker"
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        explain_chunk(ChunkTask(index=0, models_dir=str(models.resolve()), model="m", version="1.0.0",
+                                features=table.features, claim_ids=table.claim_ids, labels=None,
+                                sampled=[False] * len(table), methods=(), out_dir=str(out), model_sha256=sha256))
+        return pd.read_parquet(chunk_file(out, 0, suffix=".pending.parquet"))
+
+    first_scores, first_sha = retrain(3)
+    claims = audit_run(tmp_path / "run-0")
+    np.testing.assert_allclose(claims["raw_score"], first_scores, atol=1e-5)
+    second_scores, second_sha = retrain(12)
+    assert not np.allclose(first_scores, second_scores)
+    # This process still holds the first model; a chunk of a run started with the second reloads.
+    np.testing.assert_allclose(worker_chunk(second_sha)["raw_score"], second_scores, atol=1e-5)
+    claims = audit_run(tmp_path / "run-1")
+    np.testing.assert_allclose(claims["raw_score"], second_scores, atol=1e-5)
+    assert json.loads((tmp_path / "run-1" / "run.json").read_text())["identity"]["model_sha256"] == second_sha
+    with pytest.raises(ArtifactIntegrityError, match="replaced during the run") as raised:
+        worker_chunk(first_sha)
+    assert raised.value.field == "model"
 
 
 def test_local_workers_are_forked_only_where_it_is_safe(fraud_models_dir, tmp_path):

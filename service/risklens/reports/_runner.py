@@ -500,7 +500,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
             features=table.features.iloc[lo:hi], claim_ids=table.claim_ids[lo:hi],
             labels=None if labels is None else labels[lo:hi].tolist(), sampled=sampled[lo:hi].tolist(),
             methods=methods, top_k=config.top_k, device=config.device, lime_samples=config.lime_samples,
-            out_dir=str(out.resolve()), audit_url=audit_url)
+            out_dir=str(out.resolve()), audit_url=audit_url, model_sha256=model.manifest.sha256)
 
     def rows_in(index: int) -> int:
         return min(n, (index + 1) * config.chunk_size) - index * config.chunk_size

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from risklens.core import ExplainOptions, ExplainService, Explanation
-from risklens.errors import RiskLensError
-from risklens.registry import ModelRegistry
+from risklens.errors import ArtifactIntegrityError, RiskLensError
+from risklens.registry import LoadedModel, ModelRegistry
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class ChunkTask:
     seed: int | None = None
     out_dir: str = ""  # where the chunk's files go (shared storage when workers run elsewhere)
     audit_url: str | None = None  # None: no audit records
+    model_sha256: str = ""  # the artifact the run was started with ("": whatever is loaded)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,28 @@ def use_registry(models_dir: str, audited: bool, registry: ModelRegistry) -> Non
     took ~0.2 s to load again in each process."""
     with _cache_lock:
         _services[(models_dir, audited)] = _new_service(models_dir, audited, registry)
+
+
+def _service_with_model(task: ChunkTask) -> tuple[ExplainService, _EntryCollector, LoadedModel]:
+    """This process's service and the task's model: the artifact the run was started with.
+
+    A process that loaded the directory for an earlier run (a Dask worker lives for many) loads it
+    again when the model has been replaced since; the run stops if it changed during the run.
+    """
+    audited = task.audit_url is not None
+    service, collector = _service(task.models_dir, audited)
+    model = service.registry.get(task.model, task.version)
+    if task.model_sha256 and model.manifest.sha256 != task.model_sha256:
+        log.info("model %r changed in %s since this process loaded it; loading it again", task.model,
+                 task.models_dir)
+        with _cache_lock:
+            service, collector = _services[(task.models_dir, audited)] = _new_service(task.models_dir, audited, None)
+        model = service.registry.get(task.model, task.version)
+        if model.manifest.sha256 != task.model_sha256:
+            raise ArtifactIntegrityError(
+                f"model {task.model!r} in {task.models_dir} has artifact sha256 {model.manifest.sha256}, but "
+                f"this run was started with {task.model_sha256}: it was replaced during the run", field="model")
+    return service, collector, model
 
 
 def warm_up(models_dir: str, model: str, version: str, audited: bool) -> None:
@@ -254,8 +277,7 @@ def explain_chunk(task: ChunkTask) -> ChunkOutcome:
 
 
 def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
-    service, collector = _service(task.models_dir, task.audit_url is not None)
-    model = service.registry.get(task.model, task.version)
+    service, collector, model = _service_with_model(task)
     feature_names = model.manifest.feature_names
     rows = task.features.index.to_list()
     sampled = np.asarray(task.sampled, dtype=bool)
