@@ -76,3 +76,27 @@ def test_validation_messages_name_the_field(demo_models_dir: Path):
             validate_claim(manifest, {**claim, field: value})
         assert info.value.field == field
         assert fragment in info.value.message and field in info.value.message
+
+
+def test_text_columns_stored_in_arrow_encode_as_value_by_value(demo_models_dir: Path):
+    """encode_frame looks Arrow-backed text columns up on the whole column; object columns value
+    by value. Both give the same matrix, missing and unknown categories included (NaN)."""
+    import numpy as np
+    import pandas as pd
+
+    from risklens.datasets import generate_claims
+    from risklens.registry.schema import encode_frame
+
+    manifest = load_model_dir(demo_models_dir / "demo-xgb").manifest
+    frame, _ = generate_claims(40, 5)
+    frame = frame[manifest.feature_names]
+    categorical = [f.name for f in manifest.features if f.type == "categorical"]
+    as_objects = frame.astype({name: object for name in categorical})
+    as_objects.loc[2, categorical[0]] = None
+    as_objects.loc[3, categorical[-1]] = "not-a-category"
+    as_arrow = as_objects.astype({name: "str" for name in categorical})
+    assert all(isinstance(as_arrow[name].array, pd.arrays.ArrowStringArray) for name in categorical)
+    assert not any(isinstance(as_objects[name].array, pd.arrays.ArrowStringArray) for name in categorical)
+    expected = encode_frame(manifest, as_objects)
+    assert np.isnan(expected).any()
+    np.testing.assert_array_equal(encode_frame(manifest, as_arrow), expected)

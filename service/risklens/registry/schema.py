@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from risklens.errors import SchemaError
 from risklens.registry.manifest import FeatureSpec, Manifest
@@ -108,34 +110,63 @@ def validate_columns(manifest: Manifest, frame: pd.DataFrame
 def _check_column(spec: FeatureSpec, values: np.ndarray, errors: dict[int, SchemaError]) -> list[FeatureValue]:
     """``_check_value`` over a column; the first error of each row goes into ``errors``.
 
-    Finite in-range floats (most numbers) are accepted inline; other values are checked once per
-    distinct (type, value), since categories and flags repeat all the way down a table.
+    Columns of plain floats (numeric features) and of text and nulls (categories) are checked on
+    whole arrays: finite in-range floats are accepted as they are, and text once per distinct
+    value, since categories repeat all the way down a table. Anything else (mixed types, NumPy
+    scalars, flags) goes value by value (``_check_values``).
     """
+    kinds = set(map(type, values))
+    if spec.type == "numeric" and kinds == {float}:
+        numbers = values.astype(np.float64)
+        low = -math.inf if spec.min is None else spec.min
+        high = math.inf if spec.max is None else spec.max
+        accepted = np.isfinite(numbers) & (numbers >= low) & (numbers <= high)
+        out: list[FeatureValue] = values.tolist()
+        rest = np.flatnonzero(~accepted)
+        for row, result in zip(rest.tolist(), _check_values(spec, values[rest], errors, rest)):
+            out[row] = result
+        return out
+    if kinds <= {str, type(None)} and len(values):
+        codes, distinct = pd.factorize(values)  # None is code -1, i.e. the last entry below
+        results = [_checked(spec, value) for value in (*distinct, None)]
+        failed = [code if code < len(distinct) else -1
+                  for code, result in enumerate(results) if isinstance(result, SchemaError)]
+        if failed:
+            for row in np.flatnonzero(np.isin(codes, failed)).tolist():
+                errors.setdefault(row, results[codes[row]])
+            results = [None if isinstance(result, SchemaError) else result for result in results]
+        return np.asarray(results, dtype=object)[codes].tolist()
+    return _check_values(spec, values, errors, np.arange(len(values)))
+
+
+def _checked(spec: FeatureSpec, value: Any) -> FeatureValue | SchemaError:
+    try:
+        return _check_value(spec, python_value(value))
+    except SchemaError as error:
+        return error
+
+
+def _check_values(spec: FeatureSpec, values: np.ndarray, errors: dict[int, SchemaError],
+                  rows: np.ndarray) -> list[FeatureValue]:
+    """``_check_value`` value by value (``rows``: their positions, for ``errors``); each distinct
+    non-float (type, value) is checked once."""
     out: list[FeatureValue] = [None] * len(values)
-    low = -math.inf if spec.min is None else spec.min
-    high = math.inf if spec.max is None else spec.max
     numeric = spec.type == "numeric"
     memo: dict[tuple[type, Any], FeatureValue | SchemaError] = {}
-    for row, value in enumerate(values):
-        if numeric and type(value) is float and low <= value <= high and value - value == 0.0:
-            out[row] = value
-            continue
+    for i, (row, value) in enumerate(zip(rows.tolist(), values)):
         key = (type(value), value)
         try:  # floats are not memoised: -0.0 and NaN must stay exactly as given
             result = memo.get(key) if not (numeric and isinstance(value, float)) else None
         except TypeError:  # an unhashable cell: checked (and refused) on its own
             key, result = None, None
         if result is None:
-            try:
-                result = _check_value(spec, python_value(value))
-            except SchemaError as error:
-                result = error
+            result = _checked(spec, value)
             if key is not None and result is not None and not (numeric and isinstance(value, float)):
                 memo[key] = result
         if isinstance(result, SchemaError):
             errors.setdefault(row, result)
         else:
-            out[row] = result
+            out[i] = result
     return out
 
 
@@ -213,6 +244,19 @@ def _codes(values: np.ndarray, index: dict[Any, float]) -> np.ndarray:
     return np.fromiter((index.get(v, np.nan) for v in values), dtype="float64", count=len(values))
 
 
+def _category_codes(column: pd.Series, categories: Sequence[Any]) -> np.ndarray:
+    """Each value's position in ``categories`` as a float; NaN (missing) for anything else.
+
+    A text column stored in Arrow against text categories is looked up by Arrow on the whole
+    column (~6x faster than the dict below); other columns go value by value through ``_codes``.
+    """
+    if isinstance(column.array, pd.arrays.ArrowStringArray) and all(isinstance(c, str) for c in categories):
+        values = pa.array(column.array)
+        positions = pc.index_in(values, value_set=pa.array(categories, type=values.type))
+        return positions.to_numpy(zero_copy_only=False).astype("float64")  # null (no match) -> NaN
+    return _codes(column.to_numpy(dtype=object), {c: float(i) for i, c in enumerate(categories)})
+
+
 def encode_frame(manifest: Manifest, frame: pd.DataFrame) -> np.ndarray:
     """Validated raw features -> float64 model matrix in ``schema_encoding(manifest).columns`` order."""
     blocks: list[np.ndarray] = []
@@ -223,7 +267,7 @@ def encode_frame(manifest: Manifest, frame: pd.DataFrame) -> np.ndarray:
         elif spec.type == "boolean":
             blocks.append(_codes(col.to_numpy(dtype=object), _BOOLEAN_CODES)[:, None])
         else:
-            codes = _codes(col.to_numpy(dtype=object), {c: float(i) for i, c in enumerate(spec.categories)})
+            codes = _category_codes(col, spec.categories)
             if spec.encoding == "ordinal":
                 blocks.append(codes[:, None])
             else:
