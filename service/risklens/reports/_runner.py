@@ -57,7 +57,7 @@ from risklens.reports import DEFAULT_CHUNK_SIZE
 from risklens.reports._pool import start_forked_worker, start_local_worker
 from risklens.reports._table import ClaimsTable, read_claims_table
 from risklens.reports._worker import (ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, use_registry,
-                                      worker_name)
+                                      worker_name, write_parquet)
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ def _merge(out: Path, n_chunks: int) -> tuple[int, int]:
             claims = claims.sort_by("row")
     else:
         claims = pa.table({"row": pa.array([], pa.int64())})
-    pq.write_table(claims, out / CLAIMS_FILE)
+    write_parquet(claims, out / CLAIMS_FILE)
     reject_files = [chunk_file(out, i, "rejects") for i in range(n_chunks)]
     rejects = ([pd.read_parquet(f) for f in reject_files if pq.read_metadata(f).num_rows]
                or [pd.read_parquet(reject_files[0])])

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from risklens.core import ExplainOptions, ExplainService, Explanation
 from risklens.errors import ArtifactIntegrityError, RiskLensError
@@ -175,10 +177,29 @@ def chunk_file(out_dir: Path, index: int, kind: str = "chunk", suffix: str = ".p
     return Path(out_dir) / "chunks" / f"{kind}-{index:06d}{suffix}"
 
 
+# Text columns that hold one value per claim: dictionary encoding finds no repeats in them and
+# only costs time (writing a fraud_oracle run's claims.parquet: 86 -> 45 ms, the file no larger).
+PER_CLAIM_TEXT = ("claim_id", "receipt_id", "rationale")
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The text and text-list columns whose values repeat across claims (decisions, codes, names)."""
+    def is_text(kind: pa.DataType) -> bool:
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            kind = kind.value_type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+    return [f.name for f in schema if is_text(f.type) and f.name not in PER_CLAIM_TEXT]
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, use_dictionary=dictionary_columns(table.schema))
+
+
 def atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write whole or not at all: a tmp file, fsync, then rename."""
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
+    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), tmp)
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
