@@ -79,8 +79,8 @@ def test_validation_messages_name_the_field(demo_models_dir: Path):
 
 
 def test_text_columns_stored_in_arrow_encode_as_value_by_value(demo_models_dir: Path):
-    """encode_frame looks Arrow-backed text columns up on the whole column; object columns value
-    by value. Both give the same matrix, missing and unknown categories included (NaN)."""
+    """encode_frame looks long Arrow-backed text columns up on the whole column; object columns and
+    short ones value by value. All give the same matrix, missing and unknown categories included (NaN)."""
     import numpy as np
     import pandas as pd
 
@@ -88,7 +88,7 @@ def test_text_columns_stored_in_arrow_encode_as_value_by_value(demo_models_dir: 
     from risklens.registry.schema import encode_frame
 
     manifest = load_model_dir(demo_models_dir / "demo-xgb").manifest
-    frame, _ = generate_claims(40, 5)
+    frame, _ = generate_claims(300, 5)  # long enough for the whole-column lookup
     frame = frame[manifest.feature_names]
     categorical = [f.name for f in manifest.features if f.type == "categorical"]
     as_objects = frame.astype({name: object for name in categorical})
@@ -100,3 +100,4 @@ def test_text_columns_stored_in_arrow_encode_as_value_by_value(demo_models_dir: 
     expected = encode_frame(manifest, as_objects)
     assert np.isnan(expected).any()
     np.testing.assert_array_equal(encode_frame(manifest, as_arrow), expected)
+    np.testing.assert_array_equal(encode_frame(manifest, as_arrow.iloc[:5]), expected[:5])
