@@ -26,7 +26,15 @@ $(VENV)/.installed: requirements.lock pyproject.toml setup.py protos/risklens/v1
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv with the pinned dependencies and generated stubs
+# The serial TreeSHAP kernels compiled ahead of time (numba.pycc, the system C compiler): no JIT start-up
+# in batch workers and servers. Without them numba's JIT serves the same kernels.
+AOT_KERNELS := service/risklens/trees/_treeshap_aot.stamp
+$(AOT_KERNELS): $(VENV)/.installed $(addprefix service/risklens/trees/,_cpu.py _ensemble.py _aot.py)
+	@echo "compiling the TreeSHAP kernels ahead of time (about 30 s)"
+	@$(PY) -c 'from risklens.trees._aot import build; build()' >/dev/null || \
+		echo "WARNING: TreeSHAP kernels not compiled ahead of time; numba's JIT will serve them"
+
+setup: $(VENV)/.installed $(AOT_KERNELS)  ## create .venv with the pinned dependencies, generated stubs and compiled kernels
 
 demo: setup  ## start a server, explain the example claims over gRPC, write and verify the audit export
 	$(PY) -m risklens.demo
@@ -44,4 +52,4 @@ bench: setup  ## run the benchmarks and print their tables
 	for b in benchmarks/[a-z]*.py; do $(PY) $$b || exit 1; done
 
 clean:  ## remove the environment and caches
-	rm -rf $(VENV) .cache .pytest_cache var
+	rm -rf $(VENV) .cache .pytest_cache var service/risklens/trees/_treeshap_aot.*

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numba
 import numpy as np
 from numba import njit, prange
 
+from risklens.trees import _aot
 from risklens.trees._ensemble import KIND_CAT, KIND_LT, NAN_AS_ZERO, NAN_DEFAULT, NAN_ZERO_DEFAULT, TreeEnsemble
 
 _ZERO_THRESHOLD = 1e-35  # LightGBM's kZeroThreshold
@@ -105,7 +107,9 @@ class CpuStructure:
 
     def __init__(self, ens: TreeEnsemble) -> None:
         self.ens = ens
-        (self.edge_feature, self.is_left, self.zm, self.prev, unique_depth) = _structure(
+        compiled = _aot.load()
+        structure = compiled.structure if compiled is not None else _structure
+        (self.edge_feature, self.is_left, self.zm, self.prev, unique_depth) = structure(
             ens.parent, ens.left, ens.feature, ens.cover, ens.tree_start)
         n_trees = ens.n_trees
         tree_of_node = np.repeat(np.arange(n_trees), np.diff(ens.tree_start))
@@ -131,7 +135,8 @@ class CpuStructure:
         self.inv_hot = np.zeros((table_rows, self.q_max))
         self.coef_hot = np.zeros((table_rows, self.q_max))
         if self.tables_ready:
-            _fill_all_hot_tables(ens.tree_start, self.zm, self.tree_q, self.gl_nodes, self.gl_weights,
+            fill = compiled.fill_all_hot_tables if compiled is not None else _fill_all_hot_tables
+            fill(ens.tree_start, self.zm, self.tree_q, self.gl_nodes, self.gl_weights,
                                  self.inv_hot, self.coef_hot)
         # expected value of each tree under the cover distribution
         path_prob = np.ones(ens.n_nodes)
@@ -197,9 +202,21 @@ _predict_parallel = njit(parallel=True, cache=True)(_predict_impl)
 _predict_serial = njit(cache=True)(_predict_impl)  # no thread wake-up for a single claim
 
 
+def _serial_compiled() -> Any:
+    """The ahead-of-time kernels when this process runs kernels on one thread (batch workers); else None."""
+    compiled = _aot.load()
+    return compiled if compiled is not None and numba.get_num_threads() == 1 else None
+
+
 def predict_raw(structure: CpuStructure, X: np.ndarray) -> np.ndarray:
     e = structure.ens
-    kernel = _predict_serial if X.shape[0] < TABLE_KERNEL_MIN_ROWS else _predict_parallel
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.shape[0] < TABLE_KERNEL_MIN_ROWS:
+        kernel = _aot.load()
+        kernel = kernel.predict if kernel is not None else _predict_serial
+    else:
+        kernel = _serial_compiled()
+        kernel = kernel.predict if kernel is not None else _predict_parallel
     return kernel(X, e.base_offset, e.tree_start, e.left, e.right, e.feature, structure.numeric, structure.thr_lt,
                   e.kind, e.threshold, e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats, e.cat_in_left,
                   e.value)
@@ -503,18 +520,24 @@ def shap_values(structure: CpuStructure, X: np.ndarray) -> np.ndarray:
     out = np.zeros((X.shape[0], e.n_features), dtype=np.float64)
     if X.shape[0] == 0:
         return out
+    X = np.ascontiguousarray(X, dtype=np.float64)
     if X.shape[0] < TABLE_KERNEL_MIN_ROWS:
-        _shap_few_rows(X, out, structure.deepest_rule[0], structure.deepest_rule[1], e.tree_start,
-                       e.left, e.parent, e.feature, structure.numeric, structure.thr_lt, e.kind, e.threshold,
-                       e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats, e.cat_in_left, e.value,
-                       structure.edge_feature, structure.is_left, structure.zm, structure.inv_zm, structure.prev,
-                       structure.max_tree_nodes)
+        compiled = _aot.load()
+        kernel = _shap_few_rows
+        if compiled is not None and structure.q_max <= _aot.FEW_ROWS_MAX_NODES:
+            kernel = getattr(compiled, f"shap_few_rows_{structure.q_max}")
+        kernel(X, out, structure.deepest_rule[0], structure.deepest_rule[1], e.tree_start, e.left, e.parent,
+               e.feature, structure.numeric, structure.thr_lt, e.kind, e.threshold, e.default_left, e.nan_mode,
+               e.cat_start, e.cat_end, e.cats, e.cat_in_left, e.value, structure.edge_feature, structure.is_left,
+               structure.zm, structure.inv_zm, structure.prev, structure.max_tree_nodes)
         return out
-    _shap_parallel(X, out, _lanes(X.shape[0]), e.tree_start, e.left, e.parent, e.feature, structure.numeric,
-                   structure.thr_lt, e.kind, e.threshold, e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats,
-                   e.cat_in_left, e.value, structure.edge_feature, structure.is_left, structure.zm, structure.inv_zm,
-                   structure.prev, structure.tree_q, structure.gl_nodes, structure.gl_weights, structure.inv_hot,
-                   structure.coef_hot, structure.tables_ready, structure.max_tree_nodes, structure.q_max)
+    compiled = _serial_compiled()
+    kernel = compiled.shap_blocks if compiled is not None else _shap_parallel
+    kernel(X, out, _lanes(X.shape[0]), e.tree_start, e.left, e.parent, e.feature, structure.numeric,
+           structure.thr_lt, e.kind, e.threshold, e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats,
+           e.cat_in_left, e.value, structure.edge_feature, structure.is_left, structure.zm, structure.inv_zm,
+           structure.prev, structure.tree_q, structure.gl_nodes, structure.gl_weights, structure.inv_hot,
+           structure.coef_hot, structure.tables_ready, structure.max_tree_nodes, structure.q_max)
     return out
 
 
