@@ -306,3 +306,24 @@ def test_csv_tables_read_as_pandas_reads_them_also_where_arrow_cannot(insurance_
     expected = read_claims_table(INSURANCE_CSV, model.manifest, id_column="policy_number")
     pd.testing.assert_frame_equal(table.features, expected.features)
     assert table.claim_ids == expected.claim_ids and "_c39" in table.ignored_columns
+
+
+@pytest.mark.parametrize("values", [
+    ["1", "2.5", None, "-0", "3e2", "1e-320", "inf"],  # all numbers: Arrow parses the column
+    ["1", " 2", "x", None, "+5", "1,000"],  # text among numbers: pandas decides what stays text
+    ["1", "NAN", "2"],  # NaN spelled out: pandas' rules
+])
+def test_number_columns_parse_alike_through_arrow_and_pandas(values):
+    from risklens.reports._table import _as_number
+
+    arrow = _as_number(pd.Series(values, dtype=pd.StringDtype("pyarrow")))
+    plain = _as_number(pd.Series(values, dtype=object))
+    assert len(arrow) == len(plain)
+    for got, want in zip(arrow.tolist(), plain.tolist()):
+        assert type(got) is type(want)
+        if isinstance(want, float) and not np.isnan(want):
+            assert np.copysign(1.0, got) == np.copysign(1.0, want) and got == want
+        elif isinstance(want, float):
+            assert np.isnan(got)
+        else:
+            assert got == want

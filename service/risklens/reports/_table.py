@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from risklens.errors import InvalidRequest, SchemaError
 from risklens.registry import Manifest, file_sha256
@@ -44,8 +45,33 @@ class ClaimsTable:
         return len(self.features)
 
 
+def _arrow_numbers(column: pd.Series) -> pd.Series | None:
+    """An Arrow text column parsed by Arrow, when every value is a plain number (else None).
+
+    pandas parses Arrow text value by value in Python (fraud_oracle's six numeric columns, 15,420
+    rows: 0.11 s); Arrow's cast does it in native code. A column it refuses (any value that is not a
+    number) or that spells NaN goes through pandas, which decides what is kept as text.
+    """
+    if not (isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow"):
+        return None
+    try:
+        parsed = pc.cast(pa.chunked_array(column.array._pa_array), pa.float64())  # type: ignore[attr-defined]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, AttributeError):
+        return None
+    values = parsed.to_numpy()
+    if np.isnan(values).sum() != parsed.null_count:  # "nan" in the text: pandas' rules decide
+        return None
+    out = pd.Series(values, index=column.index, dtype="object")
+    if parsed.null_count:
+        out[np.isnan(values)] = None
+    return out
+
+
 def _as_number(column: pd.Series) -> pd.Series:
     """Parsed numbers; values that are not numbers stay as their text (the row is rejected later)."""
+    parsed = _arrow_numbers(column)
+    if parsed is not None:
+        return parsed
     missing = column.isna()
     numbers = pd.to_numeric(column, errors="coerce")
     out = pd.Series(numbers.astype("float64").to_numpy(), index=column.index, dtype="object")
