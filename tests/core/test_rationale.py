@@ -116,3 +116,39 @@ def test_templates_that_do_more_than_print_the_texts_render_claim_by_claim():
                    "{% for r in raises %}{{ r }}{% endfor %}", "{{ raises[0] }}", "{{ lowers|length }}",
                    "{% set s = agreement_summary %}{{ s }}", '{{ raises|join(sep) }}'):
         assert not verbatim(source), source
+
+
+def test_code_texts_that_only_print_values_render_without_jinja_as_jinja_would():
+    from pathlib import Path
+
+    from risklens.rationale.catalogue import PlainText, _compiled, plain_text, render_template
+    from risklens.registry import load_model_dir
+
+    demo = load_model_dir(Path(__file__).resolve().parents[2] / "models" / "demo-xgb")
+    manifests = [demo.manifest, _manifest()]
+    quoted = FeatureSpec(name="it's", type="numeric")
+    manifests.append(Manifest(name="q", version="1", framework="xgboost", artifact="a", sha256="0",
+                              features=[*_manifest().features, quoted]))
+    texts = {"{{ fault }} at {{claim['capital-gains']}} and {{ claim[\"it's\"] }}!": True,
+             "{{ fault -}} x": False, "{{ fault|upper }}": False, "line\n{{ fault }}": False, "{{ fault }}\n": False,
+             "{% if fault %}{{ fault }}{% endif %}": False, "{{ unknown }}": False, "{{ true }}": False,
+             "{# note #}{{ fault }}": False, "no values at all": True}
+    checked = 0
+    for manifest in manifests:
+        names = manifest.feature_names
+        catalogue = Catalogue.read(demo.directory / demo.manifest.reason_codes, manifest) if manifest is demo.manifest \
+            else Catalogue().completed(manifest)
+        candidates = {text: None for spec in catalogue.codes for text in (spec.raises, spec.lowers)}
+        if manifest.name == "q":
+            candidates.update(texts)
+        for text, expected_plain in candidates.items():
+            plain = plain_text(text, names)
+            if expected_plain is not None:
+                assert (plain is not None) == expected_plain, text
+            if plain is None:
+                continue
+            values = {name: f"<{name} value>" for name in names}
+            assert isinstance(plain, PlainText)
+            assert plain.render(values) == render_template(_compiled(text), {**values, "claim": values}), text
+            checked += 1
+    assert checked >= 20  # every demo and generic text is plain, and the hand-written plain ones
