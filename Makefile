@@ -35,6 +35,10 @@ $(AOT_KERNELS): $(VENV)/.installed $(addprefix service/risklens/trees/,_cpu.py _
 		echo "WARNING: TreeSHAP kernels not compiled ahead of time; numba's JIT will serve them"
 
 setup: $(VENV)/.installed $(AOT_KERNELS)  ## create .venv with the pinned dependencies, generated stubs and compiled kernels
+	@# pip writes bytecode for what it installs, but not for an editable package; where Python may not
+	@# write it either (PYTHONDONTWRITEBYTECODE, common in containers) every process compiled all of
+	@# risklens again: ~0.5 s on each CLI call, server and worker start. Only changed files are redone.
+	@$(PY) -m compileall -q service/risklens
 
 demo: setup  ## start a server, explain the example claims over gRPC, write and verify the audit export
 	$(PY) -m risklens.demo
