@@ -116,3 +116,20 @@ def case_factory(datasets: dict[str, tuple[pd.DataFrame, pd.Series]]) -> Any:
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def categorical_claims() -> tuple[pd.DataFrame, pd.Series]:
+    """Synthetic claims with pandas category columns (native categorical splits) and missing values."""
+    from risklens.datasets import generate_claims
+
+    X, y = generate_claims(2500, 11)
+    for col in X.columns:
+        if not (pd.api.types.is_numeric_dtype(X[col]) or pd.api.types.is_bool_dtype(X[col])):
+            X[col] = X[col].astype("category")
+        elif pd.api.types.is_bool_dtype(X[col]):
+            X[col] = X[col].astype(float)
+    rng = np.random.default_rng(3)
+    for col in ("accident_area", "fault", "claim_amount"):
+        X.loc[rng.random(len(X)) < 0.05, col] = np.nan
+    return X, y

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from treeshap_cases import CASES
 
-from risklens.trees import TreeShap, _aot, _cpu
+from risklens.trees import TreeShap, _aot
 
 pytestmark = pytest.mark.skipif(_aot.load() is None, reason="ahead-of-time kernels not built here (`make setup` "
                                                             "builds them; it needs a C compiler)")
@@ -53,19 +53,11 @@ def test_compiled_kernels_give_the_jit_kernels_bits(case_factory, family, datase
     _compare(case.model, case.X_explain, monkeypatch)
 
 
-def test_compiled_kernels_on_categorical_splits_and_missing_values(one_thread, monkeypatch):
+def test_compiled_kernels_on_categorical_splits_and_missing_values(categorical_claims, one_thread, monkeypatch):
     import lightgbm as lgb
     import xgboost as xgb
 
-    from risklens.datasets import generate_claims
-
-    X, y = generate_claims(1500, 5)
-    for column in X.columns:
-        if not (pd.api.types.is_numeric_dtype(X[column]) or pd.api.types.is_bool_dtype(X[column])):
-            X[column] = X[column].astype("category")
-        elif pd.api.types.is_bool_dtype(X[column]):
-            X[column] = X[column].astype(float)
-    X.loc[np.random.default_rng(2).random(len(X)) < 0.05, "claim_amount"] = np.nan
+    X, y = categorical_claims
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         models = [xgb.XGBClassifier(n_estimators=15, max_depth=4, enable_categorical=True, tree_method="hist",
