@@ -404,9 +404,13 @@ def _write_checkpoint(out: Path, total: int, done: set[int], explained: int, rej
     _atomic_write_bytes(out / CHECKPOINT_FILE, json.dumps(state, indent=2).encode())
 
 
-def _merge(out: Path, n_chunks: int) -> tuple[int, int]:
-    """claims.parquet and rejects.csv from the committed chunks, in source row order."""
-    tables = [pq.read_table(chunk_file(out, i)) for i in range(n_chunks)]
+def _merge(out: Path, n_chunks: int, read: dict[int, pa.Table] | None = None) -> tuple[int, int]:
+    """claims.parquet and rejects.csv from the committed chunks, in source row order.
+
+    ``read``: chunk files already read during the run (by index); the others are read here.
+    """
+    read = read or {}
+    tables = [read[i] if i in read else pq.read_table(chunk_file(out, i)) for i in range(n_chunks)]
     tables = [t for t in tables if t.num_rows]
     if tables:
         claims = pa.concat_tables(tables, promote_options="default")
@@ -519,9 +523,14 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
     first_done: tuple[float, int] | None = None  # (time, rows handled) when the first chunk finished
     bar = tqdm(total=n, initial=sum(rows_in(i) for i in done), unit="claim", unit_scale=True, smoothing=0.1,
                desc=f"explaining {model.name}", disable=not config.progress, dynamic_ncols=True)
+    # Each committed chunk is read back for the final merge as it arrives, between this process's own
+    # chunks and while it waits for the last ones, instead of all at the end with every other core
+    # idle (reading eight fraud_oracle chunks took 0.05-0.13 s of a 0.12-0.16 s merge).
+    merged: dict[int, pa.Table] = {}
     try:
         for outcome in _iter_outcomes([task(i) for i in todo], config.scheduler, config.workers, local_pool):
             os.replace(chunk_file(out, outcome.index, suffix=".pending.parquet"), chunk_file(out, outcome.index))
+            merged[outcome.index] = pq.read_table(chunk_file(out, outcome.index))
             done.add(outcome.index)
             chunks_by_worker[outcome.worker] += 1
             explained += outcome.explained
@@ -539,7 +548,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
     warm_rate = 0.0
     if first_done is not None and handled > first_done[1] and finished > first_done[0]:
         warm_rate = (handled - first_done[1]) / (finished - first_done[0])
-    n_claims, n_rejects = _merge(out, n_chunks)
+    n_claims, n_rejects = _merge(out, n_chunks, merged)
     _write_checkpoint(out, n_chunks, done, n_claims, n_rejects)
     head = store.head() if store is not None else None
     summary = {"explained": n_claims, "rejected": n_rejects, "chunks": n_chunks,
