@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -254,33 +255,37 @@ def _from_xgboost(model: Any) -> TreeEnsemble:
     else:
         base_offset = base_score
         output_space = OUTPUT_LOG_ODDS if objective == "binary:logitraw" else OUTPUT_RAW
+    tables = gbm["model"]["trees"]
+    if any(int(t["tree_param"].get("size_leaf_vector", "1")) > 1 for t in tables):
+        raise UnsupportedModel("XGBoost vector-leaf trees are not supported")
+    sizes = [len(t["left_children"]) for t in tables]
+    ends = np.cumsum(sizes)[:-1]
+
+    def column(key: str, dtype: Any) -> np.ndarray:
+        """``key`` of every tree, concatenated (one conversion, not one per tree: 500 trees took ~25 ms)."""
+        values = chain.from_iterable(t[key] if key in t else [0] * n for t, n in zip(tables, sizes))
+        return np.fromiter(values, dtype=dtype, count=sum(sizes))
+
+    left = column("left_children", np.int64)
+    is_leaf = left < 0
+    # leaves keep their value in split_conditions
+    condition = column("split_conditions", np.float32).astype(np.float64)
+    split = {
+        "left": left, "right": column("right_children", np.int64), "feature": column("split_indices", np.int64),
+        "threshold": np.where(is_leaf, 0.0, condition),
+        "kind": np.where(column("split_type", np.int64) == 1, KIND_CAT, KIND_LT).astype(np.int8),
+        "default_left": column("default_left", np.bool_), "nan_mode": np.full(len(left), NAN_DEFAULT, dtype=np.int8),
+        "value": np.where(is_leaf, condition, 0.0), "cover": column("sum_hessian", np.float32).astype(np.float64),
+    }
+    per_tree = {name: np.split(values, ends) for name, values in split.items()}
     trees = []
-    for t in gbm["model"]["trees"]:
-        if int(t["tree_param"].get("size_leaf_vector", "1")) > 1:
-            raise UnsupportedModel("XGBoost vector-leaf trees are not supported")
-        left = np.asarray(t["left_children"], dtype=np.int64)
-        n = len(left)
-        split_type = np.asarray(t.get("split_type", [0] * n), dtype=np.int64)
-        is_leaf = left < 0
+    for i, t in enumerate(tables):
         categories: dict[int, np.ndarray] = {}
         seg = t.get("categories_segments", [])
         for node, start, size in zip(t.get("categories_nodes", []), seg, t.get("categories_sizes", [])):
             categories[int(node)] = np.asarray(t["categories"][start:start + size], dtype=np.float64)
-        kind = np.where(split_type == 1, KIND_CAT, KIND_LT).astype(np.int8)
-        trees.append(TreeTable(
-            left=left,
-            right=np.asarray(t["right_children"], dtype=np.int64),
-            feature=np.asarray(t["split_indices"], dtype=np.int64),
-            # leaves keep their value in split_conditions
-            threshold=np.where(is_leaf, 0.0, np.asarray(t["split_conditions"], dtype=np.float32).astype(np.float64)),
-            kind=kind,
-            default_left=np.asarray(t["default_left"], dtype=bool),
-            nan_mode=np.full(n, NAN_DEFAULT, dtype=np.int8),
-            value=np.where(is_leaf, np.asarray(t["split_conditions"], dtype=np.float32).astype(np.float64), 0.0),
-            cover=np.asarray(t["sum_hessian"], dtype=np.float32).astype(np.float64),
-            categories=categories,
-            cat_in_left=False,  # XGBoost sends members of the category set to the right child
-        ))
+        trees.append(TreeTable(**{name: arrays[i] for name, arrays in per_tree.items()}, categories=categories,
+                               cat_in_left=False))  # XGBoost sends members of the category set to the right child
     names = list(booster.feature_names) if booster.feature_names else None
     feature_categories: dict[str, list[Any]] = {}
     if names and booster.feature_types and "c" in booster.feature_types:
