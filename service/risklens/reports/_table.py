@@ -55,8 +55,8 @@ def _arrow_numbers(column: pd.Series) -> pd.Series | None:
     if not (isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow"):
         return None
     try:
-        parsed = pc.cast(pa.chunked_array(column.array._pa_array), pa.float64())  # type: ignore[attr-defined]
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, AttributeError):
+        parsed = pc.cast(column.array.__arrow_array__(), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     values = parsed.to_numpy()
     if np.isnan(values).sum() != parsed.null_count:  # "nan" in the text: pandas' rules decide

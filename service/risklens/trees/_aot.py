@@ -1,12 +1,13 @@
-"""The serial CPU kernels compiled ahead of time (``numba.pycc``) when the package is installed.
+"""The serial CPU kernels compiled ahead of time (``numba.pycc``) at set-up (``make setup``).
 
 Why: before numba's JIT runs any kernel in a process, even one it loads from its cache, it sets up
 its typing and target contexts: 0.4-0.6 s on a 2-core VM. Every local worker of a batch audit run,
 every server start and every CLI call paid that. The same Python kernels of ``_cpu`` are compiled
-into an extension module by ``setup.py`` (``build``), for this machine's CPU; importing it costs a
-few milliseconds. It serves the structure, the one-claim kernel and, where kernels run on one
-thread (batch workers), the row-block and prediction kernels. The multi-threaded kernels, the
-interaction and interventional kernels and a deeper one-claim rule than built stay on the JIT.
+into an extension module by ``build`` (which ``make setup`` runs), for this machine's CPU;
+importing it costs a few milliseconds. It serves the structure, the one-claim kernel and, where
+kernels run on one thread (batch workers), the row-block and prediction kernels. The multi-threaded
+kernels, the interaction and interventional kernels and a deeper one-claim rule than built stay on
+the JIT.
 
 The module is used only when its stamp matches: the sha256 of the kernels' sources and of this
 CPU's identity (``/proc/cpuinfo`` flags; the code uses the host's vector instructions). Otherwise

@@ -136,8 +136,7 @@ class CpuStructure:
         self.coef_hot = np.zeros((table_rows, self.q_max))
         if self.tables_ready:
             fill = compiled.fill_all_hot_tables if compiled is not None else _fill_all_hot_tables
-            fill(ens.tree_start, self.zm, self.tree_q, self.gl_nodes, self.gl_weights,
-                                 self.inv_hot, self.coef_hot)
+            fill(ens.tree_start, self.zm, self.tree_q, self.gl_nodes, self.gl_weights, self.inv_hot, self.coef_hot)
         # expected value of each tree under the cover distribution
         path_prob = np.ones(ens.n_nodes)
         edge_z = np.ones(ens.n_nodes)
@@ -212,11 +211,11 @@ def predict_raw(structure: CpuStructure, X: np.ndarray) -> np.ndarray:
     e = structure.ens
     X = np.ascontiguousarray(X, dtype=np.float64)
     if X.shape[0] < TABLE_KERNEL_MIN_ROWS:
-        kernel = _aot.load()
-        kernel = kernel.predict if kernel is not None else _predict_serial
+        compiled = _aot.load()
+        kernel = compiled.predict if compiled is not None else _predict_serial
     else:
-        kernel = _serial_compiled()
-        kernel = kernel.predict if kernel is not None else _predict_parallel
+        compiled = _serial_compiled()
+        kernel = compiled.predict if compiled is not None else _predict_parallel
     return kernel(X, e.base_offset, e.tree_start, e.left, e.right, e.feature, structure.numeric, structure.thr_lt,
                   e.kind, e.threshold, e.default_left, e.nan_mode, e.cat_start, e.cat_end, e.cats, e.cat_in_left,
                   e.value)
