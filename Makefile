@@ -27,14 +27,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml setup.py protos/risklens/v1
 	touch $@
 
 # The serial TreeSHAP kernels compiled ahead of time (numba.pycc, the system C compiler): no JIT start-up
-# in batch workers and servers. Without them numba's JIT serves the same kernels.
-AOT_KERNELS := service/risklens/trees/_treeshap_aot.stamp
-$(AOT_KERNELS): $(VENV)/.installed $(addprefix service/risklens/trees/,_cpu.py _ensemble.py _aot.py)
-	@echo "compiling the TreeSHAP kernels ahead of time (about 30 s)"
-	@$(PY) -c 'from risklens.trees._aot import build; build()' >/dev/null || \
+# in batch workers and servers. Rebuilt whenever their sources or this machine's CPU changed (the stamp
+# says which; a file date would miss a new CPU). Without them numba's JIT serves the same kernels.
+setup: $(VENV)/.installed  ## create .venv with the pinned dependencies, generated stubs and compiled kernels
+	@$(PY) -c 'from risklens.trees._aot import ensure_built; ensure_built()' >/dev/null || \
 		echo "WARNING: TreeSHAP kernels not compiled ahead of time; numba's JIT will serve them"
-
-setup: $(VENV)/.installed $(AOT_KERNELS)  ## create .venv with the pinned dependencies, generated stubs and compiled kernels
 	@# pip writes bytecode for what it installs, but not for an editable package; where Python may not
 	@# write it either (PYTHONDONTWRITEBYTECODE, common in containers) every process compiled all of
 	@# risklens again: ~0.5 s on each CLI call, server and worker start. Only changed files are redone.

@@ -110,3 +110,11 @@ def test_stale_build_is_not_used(monkeypatch, caplog):
         monkeypatch.undo()
         _aot.load.cache_clear()
     assert _aot.load() is not None
+
+
+def test_current_build_is_not_compiled_again():
+    """`make setup` asks for the kernels on every run: current ones (same sources and CPU) are kept."""
+    built = next(_aot.HERE.glob(f"{_aot.MODULE}.*.so"))
+    before = built.stat().st_mtime_ns
+    assert _aot.ensure_built() is False
+    assert built.stat().st_mtime_ns == before

@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import logging
 import platform
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -102,6 +103,19 @@ def _signatures() -> dict[str, tuple[object, str]]:
             _cpu._shap_few_rows.py_func,
             f"void({f8_2d}, {f8_2d}, {rule}, {rule}, {i8}, {i4}, {i4}, {i4}, {split}, {edges}, i8)")
     return kernels
+
+
+def ensure_built(output_dir: Path = HERE) -> bool:
+    """Compile the kernels unless the ones in ``output_dir`` are current; True when it compiled."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    stamp_file = Path(output_dir) / STAMP_FILE.name
+    built = [p for p in Path(output_dir).glob(f"{MODULE}.*") if p.name.endswith(tuple(EXTENSION_SUFFIXES))]
+    if built and stamp_file.is_file() and stamp_file.read_text().strip() == stamp():
+        return False
+    print("compiling the TreeSHAP kernels ahead of time (about 30 s)", file=sys.stderr)
+    build(output_dir)
+    return True
 
 
 def build(output_dir: Path = HERE) -> Path:
