@@ -66,7 +66,6 @@ class Explanation:
     output_space: str
     threshold: float
     decision: str
-    contributions: list[tuple[str, FeatureValue, float]]
     reason_codes: list[ReasonCode]
     rationale: str
     seed: int
@@ -77,8 +76,17 @@ class Explanation:
     lime_samples: int
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     method_results: dict[str, Any] = field(default_factory=dict)
-    # SHAP values in the manifest's feature order (``contributions`` holds them largest first).
+    # SHAP values in the manifest's feature order, and the positions in it of the contributions,
+    # largest magnitude first: the arrays a batch's audit bodies are written from, column by column.
     shap_values: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    contribution_order: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.intp), repr=False)
+
+    @cached_property
+    def contributions(self) -> list[tuple[str, FeatureValue, float]]:
+        """(feature, claim value, SHAP value), largest magnitude first."""
+        names = self.model.manifest.feature_names
+        return [(names[j], self.claim[names[j]], shap)
+                for j, shap in zip(self.contribution_order.tolist(), self.shap_values[self.contribution_order].tolist())]
 
     @cached_property
     def response(self) -> Any:
@@ -254,8 +262,6 @@ class ExplainService:
         manifest = model.manifest
         scores = model.score_from_raw(np.array([result.raw_score for result in shap_rows])).tolist()
         order = np.argsort(-np.abs(values), axis=1, kind="stable")
-        ordered_shap = np.take_along_axis(values, order, axis=1).tolist()
-        ordered_names = np.asarray(manifest.feature_names, dtype=object)[order].tolist()
         reason_codes = self.reason_codes(model).select_rows(claims, values, top_k)
         extras = [m for m in methods if m != "shap"]
         model_label = manifest.description or manifest.name
@@ -265,7 +271,6 @@ class ExplainService:
             shap_result = shap_rows[row]
             score = scores[row]
             decision = "refer" if score >= manifest.threshold else "pass"
-            names = ordered_names[row]
             method_results = {m: context.results[m][row] for m in extras}
             agreement = method_results.get("agreement")
             codes = reason_codes[row]
@@ -276,10 +281,10 @@ class ExplainService:
                 receipt_id=receipts[row], claim_id=claim_ids[row], model=model, claim=claim, score=score,
                 raw_score=shap_result.raw_score, base_value=shap_result.base_value,
                 output_space=shap_result.output_space, threshold=manifest.threshold, decision=decision,
-                contributions=list(zip(names, map(claim.__getitem__, names), ordered_shap[row])),
                 reason_codes=codes, rationale=rationale, seed=seeds[row], device=shap_result.device,
                 shap_engine=shap_result.engine, top_k=top_k, methods=methods, lime_samples=options.lime_samples,
-                created_at=created_at, method_results=method_results, shap_values=values[row]))
+                created_at=created_at, method_results=method_results, shap_values=values[row],
+                contribution_order=order[row]))
         self._record(model, explanations)
         return explanations
 

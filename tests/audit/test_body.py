@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from google.protobuf import json_format
 from hypothesis import example, given
@@ -65,21 +66,22 @@ def edge_cases(explanation: Explanation) -> list[Explanation]:
     numeric = [name for name, value in claim.items() if isinstance(value, float)]
     for name, value in zip(numeric, (0.0, -0.0, 1e-300, 12345678901234.5)):
         claim[name] = value
-    contributions = [(feature, claim[feature], shap) for feature, _, shap in explanation.contributions]
-    contributions[0] = (contributions[0][0], contributions[0][1], 0.0)
-    contributions[-1] = (contributions[-1][0], contributions[-1][1], -0.0)
+    order = explanation.contribution_order
+    zeros = explanation.shap_values.copy()
+    zeros[order[0]], zeros[order[-1]] = 0.0, -0.0
+    odd = explanation.shap_values.copy()
+    odd[order[:7]] = (-1.0338667223549826e-05, 1e-300, 3e16, float("nan"), float("-inf"), 0.0001, 9999999999999998.0)
     codes = [code._replace(weight=0.0, text="") for code in explanation.reason_codes[:1]]
     return [
-        dataclasses.replace(explanation, claim=claim, contributions=contributions),
+        dataclasses.replace(explanation, claim=claim, shap_values=zeros),
         dataclasses.replace(explanation, claim_id="", score=0.0, base_value=-0.0, raw_score=float("1e-17"),
                             seed=0, top_k=0, rationale="", reason_codes=codes, methods=(), device=""),
         dataclasses.replace(explanation, seed=2**64 - 1, lime_samples=5000, reason_codes=[]),
-        # Doubles where orjson's layout differs from repr (1e-05, 1e+16) or that JSON cannot hold.
+        # Doubles where orjson's layout differs from repr (1e-05, 1e+16) or that JSON cannot hold,
+        # and only the first seven contributions.
         dataclasses.replace(
             explanation, score=4.6956809874749345e-05, raw_score=2.5e16, base_value=-9.999999999999999e-05,
-            contributions=[(feature, value, shap) for (feature, value, _), shap in zip(
-                explanation.contributions, (-1.0338667223549826e-05, 1e-300, 3e16, float("nan"), float("-inf"),
-                                            0.0001, 9999999999999998.0))],
+            shap_values=odd, contribution_order=order[:7],
             reason_codes=[code._replace(weight=weight) for code, weight in zip(
                 explanation.reason_codes, (5e-05, float("inf"), 1e-4))]),
     ]
@@ -143,7 +145,7 @@ def test_explanation_fields_are_written_in_name_order() -> None:
 
 def test_values_of_equal_keys_but_different_types_stay_apart(explanations: list[Explanation]) -> None:
     def input_json(claim: dict[str, Any]) -> str:
-        explanation = dataclasses.replace(explanations[0], claim=claim, contributions=[])
+        explanation = dataclasses.replace(explanations[0], claim=claim, contribution_order=np.empty(0, dtype=np.intp))
         return write_body(explanation, claim, RedactionPolicy())[1].decode("utf-8")
 
     # True == 1 == 1.0 as dict keys: the memo must still tell them apart.
@@ -158,3 +160,52 @@ def test_hmac_policy_without_a_key_is_refused(explanations: list[Explanation]) -
 
     with pytest.raises(ManifestError, match="HMAC"):
         write_body(explanations[0], explanations[0].claim, RedactionPolicy(default="hmac"))
+
+
+@pytest.fixture(scope="module")
+def chunk() -> list[Explanation]:
+    """A batch of real SHAP-only explanations, as a batch run's chunk has them."""
+    from risklens.datasets import generate_claims
+    from risklens.registry import ModelRegistry
+
+    service = ExplainService(ModelRegistry.from_directory(REPO_ROOT / "models"))
+    frame, _ = generate_claims(48, 11)
+    explained = service.explain_frame("demo-xgb", frame, claim_ids=[f"c-{i}" for i in range(len(frame))])
+    assert all(isinstance(e, Explanation) for e in explained)
+    return explained  # type: ignore[return-value]
+
+
+def value_type_cases(chunk: list[Explanation]) -> list[Explanation]:
+    """Claims whose one column mixes equal keys of different types, -0.0 and NaN, a text column with
+    None, and a column of floats only with 0.0 and -0.0 (equal keys, different values)."""
+    numeric, floats = [name for name, value in chunk[0].claim.items() if isinstance(value, float)][:2]
+    text = next(name for name, value in chunk[0].claim.items() if isinstance(value, str))
+    cases = []
+    for i, (e, (number, words)) in enumerate(zip(chunk, [(True, None), (1, "x"), (1.0, None), (-0.0, "x"), (0.0, ""),
+                                                        (float("nan"), "ü"), (None, "x")])):
+        claim = {**e.claim, numeric: number, text: words, floats: -0.0 if i % 2 else 0.0}
+        cases.append(dataclasses.replace(e, claim=claim))
+    return cases
+
+
+@pytest.mark.parametrize("policy_name", sorted(POLICIES))
+def test_bodies_of_a_chunk_are_each_claims_body(chunk: list[Explanation], explanations: list[Explanation],
+                                                policy_name: str) -> None:
+    """write_bodies, column by column, gives each claim's write_body bytes: on a real chunk, with
+    claims it leaves to write_body (edge values, other methods) among them, and mixed value types."""
+    from risklens.audit._body import _COLUMNAR_FROM, write_bodies
+
+    policy = POLICIES[policy_name]
+    edges = [case for e in chunk[:2] for case in edge_cases(e)]
+    mixed = [*chunk[:20], edges[0], *chunk[20:30], *edges[1:], explanations[-1], *chunk[30:]]
+    for batch in (chunk, mixed, [*value_type_cases(chunk), *chunk[7:]], chunk[:_COLUMNAR_FROM - 1]):
+        assert write_bodies(batch, [e.claim for e in batch], policy) == \
+            [write_body(e, e.claim, policy) for e in batch]
+    # The real chunk is written from its columns, and matches json_format's canonical form.
+    if policy.is_raw:
+        from risklens.audit import _body
+
+        covered = _body._columnar_rows(chunk, [e.claim for e in chunk], chunk[0].model.manifest.feature_names)
+        assert covered == list(range(len(chunk)))
+    body, _ = write_bodies(chunk, [e.claim for e in chunk], policy)[5]
+    assert body.decode("utf-8") == reference_body(chunk[5], chunk[5].claim, policy)

@@ -28,7 +28,7 @@ from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceip
                              ManifestError, ReceiptNotFound, RiskLensError)
 from risklens.v1 import risklens_pb2
 
-from ._body import model_json, write_body
+from ._body import model_json, write_bodies
 from ._canonical import SCHEMA_VERSION, body_text, format_time, header_hash, input_sha256, sha256_hex, to_value_map
 from ._policy import AuditEntry
 from ._signing import SIGNING_KEY_ENV, load_signing_key, sign_checkpoint
@@ -89,26 +89,44 @@ class _Prepared:
         self.body_sha256 = sha256_hex(body)
 
 
-def _prepare(entry: AuditEntry) -> _Prepared:
-    """Everything about a record that does not depend on its chain position (done outside the lock):
-    its header fields, its canonical body (the bytes stored and hashed), the end of its retention.
+def _prepare(entries: Sequence[AuditEntry]) -> list[_Prepared]:
+    """Everything about each record that does not depend on its chain position (done outside the
+    lock): its header fields, its canonical body (the bytes stored and hashed), the end of its retention.
 
-    The core hands over its plain ``Explanation`` (written by ``write_body``); an
+    The core hands over its plain ``Explanation``s (written by ``write_bodies``, a run of them under
+    one policy at a time: a batch chunk's bodies are written column by column); an
     ``ExplainResponse`` message (tools, tests) takes the generic path through the message writers.
     """
-    policy = entry.policy
-    if isinstance(entry.explanation, Message):
-        values = to_value_map(entry.input)
-        stored_input, dropped = policy.redact_input(values)
-        body_message = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
-        body_message.explanation.CopyFrom(policy.redact_explanation(entry.explanation))
-        body, input_hash = body_text(body_message).encode("utf-8"), input_sha256(values)
-    else:
-        body, source = write_body(entry.explanation, entry.input, policy)
-        input_hash = sha256_hex(source)
-    retain_until = policy.retain_until(entry.created_at)
-    return _Prepared(entry.receipt_id, format_time(entry.created_at), entry.model, input_hash, body,
-                     retain_until and format_time(retain_until))
+    written: list[tuple[bytes, str]] = []
+    start = 0
+    while start < len(entries):
+        policy = entries[start].policy
+        if isinstance(entries[start].explanation, Message):
+            written.append(_message_body(entries[start]))
+            start += 1
+            continue
+        end = start + 1
+        while (end < len(entries) and entries[end].policy is policy
+               and not isinstance(entries[end].explanation, Message)):
+            end += 1
+        run = entries[start:end]
+        written += [(body, sha256_hex(source)) for body, source in
+                    write_bodies([entry.explanation for entry in run], [entry.input for entry in run], policy)]
+        start = end
+    prepared = []
+    for entry, (body, input_hash) in zip(entries, written):
+        retain_until = entry.policy.retain_until(entry.created_at)
+        prepared.append(_Prepared(entry.receipt_id, format_time(entry.created_at), entry.model, input_hash, body,
+                                  retain_until and format_time(retain_until)))
+    return prepared
+
+
+def _message_body(entry: AuditEntry) -> tuple[bytes, str]:
+    values = to_value_map(entry.input)
+    stored_input, dropped = entry.policy.redact_input(values)
+    body_message = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
+    body_message.explanation.CopyFrom(entry.policy.redact_explanation(entry.explanation))
+    return body_text(body_message).encode("utf-8"), input_sha256(values)
 
 
 class _PendingCall:
@@ -267,7 +285,7 @@ class AuditStore(abc.ABC):
         """
         if not entries:
             return []
-        call = _PendingCall([_prepare(entry) for entry in entries])
+        call = _PendingCall(_prepare(entries))
         with self._queue_ready:
             self._queue.append(call)
             while not call.done:
