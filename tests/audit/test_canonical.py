@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from risklens.audit._canonical import (body_sha256, canonical_message, checkpoint_payload, format_time,
@@ -143,6 +143,15 @@ def test_canonical_writer_matches_json_format_on_real_explanations(explained: li
 @settings(max_examples=200, deadline=None)
 @given(receipt_id=TEXTS, sequence=st.integers(0, 2**64 - 1), created_at=TEXTS, input_hash=TEXTS, prev_hash=TEXTS,
        body_hash=TEXTS, model_fields=st.lists(TEXTS, min_size=4, max_size=4))
+# The usual record (every field present, nothing to escape) and near misses of it.
+@example(receipt_id="0192f3a4-1234-7abc-8def-0123456789ab", sequence=12, created_at="2026-12-03T09:45:22.123456Z",
+         input_hash="a" * 64, prev_hash="b" * 64, body_hash="c" * 64, model_fields=["m", "1.0.0", "d" * 64, "xgboost"])
+@example(receipt_id='id"1', sequence=12, created_at="t", input_hash="a", prev_hash="b", body_hash="c",
+         model_fields=["m", "1", "s", "f"])
+@example(receipt_id="id\\1\x7f", sequence=12, created_at="t", input_hash="a", prev_hash="b", body_hash="c",
+         model_fields=["m", "1", "s", "f"])
+@example(receipt_id="id", sequence=0, created_at="t", input_hash="a", prev_hash="", body_hash="c",
+         model_fields=["m", "1", "s", "f"])
 def test_header_hash_is_record_hash(receipt_id: str, sequence: int, created_at: str, input_hash: str,
                                     prev_hash: str, body_hash: str, model_fields: list[str]) -> None:
     model = risklens_pb2.ModelRef(name=model_fields[0], version=model_fields[1], sha256=model_fields[2],

@@ -19,6 +19,7 @@ import json
 import math
 import numbers
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -282,11 +283,22 @@ def header_hash(*, receipt_id: str, sequence: int, created_at: str, model_json: 
     the uint64 sequence as a JSON string: exactly what the generated header writer produces
     (tests/audit/test_canonical.py checks it).
     """
+    texts = (body_sha256, created_at, input_sha256, prev_hash, receipt_id)
+    if sequence and all(texts) and _NEEDS_NO_ESCAPE.fullmatch("".join(texts)):
+        # Every field present and written as is (hex hashes, RFC 3339 times and UUIDs always are):
+        # one format instead of escaping each field (9 -> ~3 us a record, once per claim of a batch).
+        return sha256_hex(f'{{"body_sha256":"{body_sha256}","created_at":"{created_at}","input_sha256":"{input_sha256}",'
+                          f'"model":{model_json},"prev_hash":"{prev_hash}","receipt_id":"{receipt_id}",'
+                          f'"sequence":"{sequence}"}}'.encode("utf-8"))
     parts = [*text_members(("body_sha256", body_sha256), ("created_at", created_at), ("input_sha256", input_sha256)),
              '"model":' + model_json, *text_members(("prev_hash", prev_hash), ("receipt_id", receipt_id))]
     if sequence:
         parts.append('"sequence":"' + str(sequence) + '"')
     return sha256_hex(("{" + ",".join(parts) + "}").encode("utf-8"))
+
+
+# Text that JSON writes between quotes as it is: printable ASCII but the quote and the backslash.
+_NEEDS_NO_ESCAPE = re.compile(r'[ !#-\[\]-~]*')
 
 
 def text_members(*fields: tuple[str, str]) -> list[str]:
