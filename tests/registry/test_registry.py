@@ -101,3 +101,25 @@ def test_text_columns_stored_in_arrow_encode_as_value_by_value(demo_models_dir: 
     assert np.isnan(expected).any()
     np.testing.assert_array_equal(encode_frame(manifest, as_arrow), expected)
     np.testing.assert_array_equal(encode_frame(manifest, as_arrow.iloc[:5]), expected[:5])
+
+
+def test_yaml_files_read_as_pyyaml_safe_load_reads_them(demo_models_dir: Path, tmp_path: Path):
+    """Manifests and catalogues go through libyaml's parser: the same documents as the pure-Python one,
+    for the shipped models and for a manifest inferred from messy claims (dates, '?', odd category texts)."""
+    import pandas as pd
+    import yaml
+
+    from risklens.registry import infer_schema
+    from risklens.registry.manifest import load_yaml
+
+    messy = pd.DataFrame({"incident_date": ["2015-01-25", "2015-02-30", "?"], "amount": [1.5, None, 3e16],
+                          "kind": ['Zürich "north"', "yes", "1e3"], "flag": ["Y", "N", "no"]})
+    inferred = Manifest(name="m", version="1", framework="xgboost", artifact="a", sha256="0" * 64,
+                        features=infer_schema(messy))
+    inferred.write(tmp_path)
+    files = [*demo_models_dir.glob("*/*.yaml"), tmp_path / "manifest.yaml"]
+    assert len(files) >= 5
+    assert yaml.__with_libyaml__  # the parser the registry means to use is there
+    for path in files:
+        text = path.read_text()
+        assert load_yaml(text) == yaml.safe_load(text), path.name

@@ -10,7 +10,9 @@ at the framework's precision (XGBoost predicts in float32).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,8 +29,10 @@ class AdditivityError(RiskLensError):
     code = "INTERNAL"
 
 
-@dataclass(frozen=True)
-class ShapResult:
+class ShapResult(NamedTuple):
+    """One claim's attributions (a tuple: built for every claim of a batch, 0.3 us against 1.9 for a
+    frozen dataclass)."""
+
     values: np.ndarray  # (n_features,) in manifest feature order
     base_value: float
     raw_score: float
@@ -134,4 +138,5 @@ class ShapExplainer(Explainer):
     def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[ShapResult]:
         values, base, raw, engine, device = self.attributions(frame, context.device)
         space = self.model.output_space
-        return [ShapResult(values[i], base, float(raw[i]), space, engine, device) for i in range(len(frame))]
+        rows = zip(values, repeat(base), raw.tolist(), repeat(space), repeat(engine), repeat(device))
+        return list(map(partial(tuple.__new__, ShapResult), rows))  # no Python frame a claim

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from risklens.errors import ManifestError
 from risklens.registry import LoadedModel, Manifest
+from risklens.registry.manifest import load_yaml
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 _MAX_CACHED_TEXTS = 100_000  # per model: bounded, since numeric values may never repeat
@@ -42,7 +43,7 @@ class Catalogue(BaseModel):
     @classmethod
     def read(cls, path: Path, manifest: Manifest) -> "Catalogue":
         try:
-            catalogue = cls.model_validate(yaml.safe_load(path.read_text()) or {})
+            catalogue = cls.model_validate(load_yaml(path.read_text()) or {})
         except (OSError, ValidationError, yaml.YAMLError) as exc:
             raise ManifestError(f"invalid reason-code catalogue {path}: {exc}") from exc
         known = set(manifest.feature_names)

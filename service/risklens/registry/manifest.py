@@ -21,6 +21,12 @@ FeatureType = Literal["numeric", "categorical", "boolean"]
 Framework = Literal["xgboost", "lightgbm", "sklearn", "ebm"]
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with libyaml's parser where PyYAML has it (its wheels do): a fraud_oracle
+    manifest took 0.09 s in the pure-Python parser, in every process that loads the model."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 class FeatureSpec(BaseModel):
     """One input feature as the caller sends it (before any encoding)."""
 
@@ -97,7 +103,7 @@ class Manifest(BaseModel):
         if not path.is_file():
             raise ManifestError(f"no {MANIFEST_FILE} in {directory}")
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text()))
+            return cls.model_validate(load_yaml(path.read_text()))
         except (ValidationError, yaml.YAMLError) as exc:
             raise ManifestError(f"invalid manifest {path}: {exc}") from exc
 
