@@ -197,7 +197,12 @@ def test_bodies_of_a_chunk_are_each_claims_body(chunk: list[Explanation], explan
 
     policy = POLICIES[policy_name]
     edges = [case for e in chunk[:2] for case in edge_cases(e)]
-    mixed = [*chunk[:20], edges[0], *chunk[20:30], *edges[1:], explanations[-1], *chunk[30:]]
+    # a claim like the others but for one reason code's weight (zero: left out of the JSON)
+    zero_weight = dataclasses.replace(chunk[3], reason_codes=[chunk[3].reason_codes[0]._replace(weight=0.0),
+                                                              *chunk[3].reason_codes[1:]])
+    # and claims like the others but for a zero score (left out) or a -0.0 base value (written)
+    zeros = [dataclasses.replace(chunk[4], score=0.0), dataclasses.replace(chunk[5], base_value=-0.0)]
+    mixed = [*chunk[:20], edges[0], *chunk[20:30], zero_weight, *zeros, *edges[1:], explanations[-1], *chunk[30:]]
     for batch in (chunk, mixed, [*value_type_cases(chunk), *chunk[7:]], chunk[:_COLUMNAR_FROM - 1]):
         assert write_bodies(batch, [e.claim for e in batch], policy) == \
             [write_body(e, e.claim, policy) for e in batch]
@@ -205,7 +210,7 @@ def test_bodies_of_a_chunk_are_each_claims_body(chunk: list[Explanation], explan
     if policy.is_raw:
         from risklens.audit import _body
 
-        covered = _body._columnar_rows(chunk, [e.claim for e in chunk], chunk[0].model.manifest.feature_names)
+        covered, _ = _body._columnar_rows(chunk, [e.claim for e in chunk], chunk[0].model.manifest.feature_names)
         assert covered == list(range(len(chunk)))
     body, _ = write_bodies(chunk, [e.claim for e in chunk], policy)[5]
     assert body.decode("utf-8") == reference_body(chunk[5], chunk[5].claim, policy)

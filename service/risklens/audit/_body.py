@@ -349,7 +349,7 @@ def write_bodies(explanations: Sequence[Explanation], claims: Sequence[Mapping[s
     if len(explanations) < _COLUMNAR_FROM or not policy.is_raw:
         return [write_body(e, claim, policy) for e, claim in zip(explanations, claims)]
     names = explanations[0].model.manifest.feature_names
-    covered = _columnar_rows(explanations, claims, names)
+    covered, scalars = _columnar_rows(explanations, claims, names)
     if not covered:
         return [write_body(e, claim, policy) for e, claim in zip(explanations, claims)]
     order = np.vstack([explanations[i].contribution_order for i in covered])
@@ -359,7 +359,8 @@ def write_bodies(explanations: Sequence[Explanation], claims: Sequence[Mapping[s
     bodies: list[tuple[bytes, bytes] | None] = [None] * len(explanations)
     if exact.any():
         rows = [covered[k] for k in np.flatnonzero(exact).tolist()]
-        written = _write_columnar([explanations[i] for i in rows], [claims[i] for i in rows], order[exact], shap[exact])
+        written = _write_columnar([explanations[i] for i in rows], [claims[i] for i in rows], order[exact], shap[exact],
+                                  scalars[rows])
         for i, body in zip(rows, written):
             bodies[i] = body
     return [body if body is not None else write_body(e, claim, policy)
@@ -367,28 +368,29 @@ def write_bodies(explanations: Sequence[Explanation], claims: Sequence[Mapping[s
 
 
 def _columnar_rows(explanations: Sequence[Explanation], claims: Sequence[Mapping[str, Any]], names: list[str]
-                   ) -> list[int]:
-    """The rows whose every field ``_write_columnar`` writes as ``write_body`` would (see ``write_bodies``)."""
+                   ) -> tuple[list[int], np.ndarray]:
+    """The rows whose every field ``_write_columnar`` writes as ``write_body`` would (see ``write_bodies``),
+    and every row's (base value, raw score, score, threshold)."""
     model = explanations[0].model
     features = dict.fromkeys(names).keys()
     scalars = np.array([(e.base_value, e.raw_score, e.score, e.threshold) for e in explanations], dtype=np.float64)
-    scalars_set = _is_set_array(scalars).all(axis=1).tolist()
-    weights_set = _is_set_array(np.array([code.weight for e in explanations for code in e.reason_codes],
-                                         dtype=np.float64)).tolist()
-    rows, first_code = [], 0
-    for i, (e, claim) in enumerate(zip(explanations, claims)):
-        codes = len(e.reason_codes)
-        if (scalars_set[i] and all(weights_set[first_code:first_code + codes]) and e.model is model
-                and not e.method_results and e.claim_id and e.decision and e.rationale and e.receipt_id
-                and len(e.contribution_order) == len(e.shap_values) == len(names) and claim.keys() == features):
-            rows.append(i)
-        first_code += codes
-    return rows
+    weights = np.array([code[3] for e in explanations for code in e.reason_codes], dtype=np.float64)
+    unset = np.flatnonzero(~_is_set_array(weights))
+    excluded: set[int] = set(np.flatnonzero(~_is_set_array(scalars).all(axis=1)).tolist())
+    if unset.size:  # a reason code whose weight is zero (rare): its row is left to write_body
+        counts = np.fromiter(map(len, (e.reason_codes for e in explanations)), dtype=np.intp, count=len(explanations))
+        excluded.update(np.repeat(np.arange(len(explanations)), counts)[unset].tolist())
+    rows = [i for i, (e, claim) in enumerate(zip(explanations, claims))
+            if e.model is model and not e.method_results and e.claim_id and e.decision and e.rationale
+            and e.receipt_id and len(e.contribution_order) == len(e.shap_values) == len(names)
+            and claim.keys() == features and i not in excluded]
+    return rows, scalars
 
 
 def _write_columnar(explanations: list[Explanation], claims: list[Mapping[str, Any]], order: np.ndarray,
-                    shap: np.ndarray) -> list[tuple[bytes, bytes]]:
-    """The bodies; ``order`` and ``shap``: each row's contributions (feature positions, SHAP values)."""
+                    shap: np.ndarray, scalars: np.ndarray) -> list[tuple[bytes, bytes]]:
+    """The bodies; ``order`` and ``shap``: each row's contributions (feature positions, SHAP values);
+    ``scalars``: each row's (base value, raw score, score, threshold)."""
     manifest = explanations[0].model.manifest
     names = manifest.feature_names
     width, count = len(names), len(explanations)
@@ -419,21 +421,20 @@ def _write_columnar(explanations: list[Explanation], claims: list[Mapping[str, A
     pieces[:, 2::3] = np.take_along_axis(values, order, axis=1)
 
     # The explanation's members in name order, then the input: a row of pieces for each body.
-    scalars = _objects(_double_texts(np.array([(e.base_value, e.raw_score, e.score, e.threshold)
-                                                for e in explanations], dtype=np.float64))).reshape(count, 4)
+    scalar_texts = _objects(_double_texts(scalars)).reshape(count, 4)
     codes = _reason_code_texts([e.reason_codes for e in explanations])
     dumps = orjson.dumps
     model = model_json(manifest.name, manifest.version, manifest.sha256, manifest.framework).encode("utf-8")
     parts: list[Any] = [
-        b'{"explanation":{"base_value":', scalars[:, 0],
+        b'{"explanation":{"base_value":', scalar_texts[:, 0],
         b',"claim_id":', [dumps(e.claim_id) for e in explanations], b',"contributions":[', pieces,
         b'],"decision":', [dumps(e.decision) for e in explanations], b',"model":' + model + b',"output_space":',
         [dumps(_OUTPUT_SPACE_NAMES[e.output_space]) for e in explanations],
-        b',"rationale":', [dumps(e.rationale) for e in explanations], b',"raw_score":', scalars[:, 1],
+        b',"rationale":', [dumps(e.rationale) for e in explanations], b',"raw_score":', scalar_texts[:, 1],
         [b',"reason_codes":[' + text + b"]" if text else b"" for text in codes],
-        b',"receipt_id":', [dumps(e.receipt_id) for e in explanations], b',"score":', scalars[:, 2],
+        b',"receipt_id":', [dumps(e.receipt_id) for e in explanations], b',"score":', scalar_texts[:, 2],
         b',"settings":', [_settings_text(e).encode("utf-8") for e in explanations],
-        b',"threshold":', scalars[:, 3], b'},"input":', sources, b"}",
+        b',"threshold":', scalar_texts[:, 3], b'},"input":', sources, b"}",
     ]
     widths = [part.shape[1] if isinstance(part, np.ndarray) and part.ndim == 2 else 1 for part in parts]
     body = np.empty((count, sum(widths)), dtype=object)

@@ -200,10 +200,11 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, use_dictionary=dictionary_columns(table.schema))
 
 
-def atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+def atomic_parquet(data: pd.DataFrame | pa.Table, path: Path) -> None:
     """Write whole or not at all: a tmp file, fsync, then rename."""
     tmp = path.with_name(path.name + ".tmp")
-    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    write_parquet(table, tmp)
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -235,32 +236,45 @@ def _method_columns(explanation: Explanation, feature_names: list[str]) -> dict[
     return columns
 
 
-def _results_frame(explained: list[tuple[int, Explanation]], source_rows: list[int], labels: list[float] | None,
-                   feature_names: list[str]) -> pd.DataFrame:
-    """One row per explained claim (``(position in chunk, explanation)``), built column by column."""
+def _results_table(explained: list[tuple[int, Explanation]], source_rows: list[int], labels: list[float] | None,
+                   feature_names: list[str]) -> pa.Table:
+    """One row per explained claim (``(position in chunk, explanation)``), built column by column as
+    Arrow arrays (through pandas, a 2,000-claim chunk took ~14 us a claim to become a table; ~6 this way)."""
     rows = [e for _, e in explained]
+    text = pa.large_string()
     columns: dict[str, Any] = {
-        "row": [source_rows[position] for position, _ in explained],
-        "claim_id": [e.claim_id for e in rows], "receipt_id": [e.receipt_id for e in rows],
-        "model": [e.model.name for e in rows], "model_version": [e.model.version for e in rows],
-        "score": [e.score for e in rows], "raw_score": [e.raw_score for e in rows],
-        "base_value": [e.base_value for e in rows], "threshold": [e.threshold for e in rows],
-        "decision": [e.decision for e in rows],
-        "reason_codes": [[c.code for c in e.reason_codes] for e in rows],
-        "reason_texts": [[c.text for c in e.reason_codes] for e in rows],
-        "rationale": [e.rationale for e in rows], "seed": [e.seed for e in rows],
-        "shap_engine": [e.shap_engine for e in rows], "device": [e.device for e in rows],
-        "methods": [",".join(e.methods) for e in rows],
+        "row": pa.array([source_rows[position] for position, _ in explained], pa.int64()),
+        "claim_id": pa.array([e.claim_id for e in rows], text), "receipt_id": pa.array([e.receipt_id for e in rows], text),
+        "model": pa.array([e.model.name for e in rows], text),
+        "model_version": pa.array([e.model.version for e in rows], text),
+        "score": pa.array([e.score for e in rows], pa.float64()),
+        "raw_score": pa.array([e.raw_score for e in rows], pa.float64()),
+        "base_value": pa.array([e.base_value for e in rows], pa.float64()),
+        "threshold": pa.array([e.threshold for e in rows], pa.float64()),
+        "decision": pa.array([e.decision for e in rows], text),
+        "reason_codes": pa.array([[c.code for c in e.reason_codes] for e in rows], pa.list_(pa.string())),
+        "reason_texts": pa.array([[c.text for c in e.reason_codes] for e in rows], pa.list_(pa.string())),
+        "rationale": pa.array([e.rationale for e in rows], text),
+        "seed": _seed_array([e.seed for e in rows]),
+        "shap_engine": pa.array([e.shap_engine for e in rows], text), "device": pa.array([e.device for e in rows], text),
+        "methods": pa.array([",".join(e.methods) for e in rows], text),
     }
     if labels is not None:
-        columns["label"] = [labels[position] for position, _ in explained]
+        columns["label"] = pa.array([labels[position] for position, _ in explained], pa.float64())
     shap = np.vstack([e.shap_values for e in rows]) if rows else np.empty((0, len(feature_names)))
-    columns.update({f"shap{CONTRIBUTION_SEPARATOR}{name}": shap[:, j] for j, name in enumerate(feature_names)})
-    frame = pd.DataFrame(columns)
+    columns.update({f"shap{CONTRIBUTION_SEPARATOR}{name}": pa.array(shap[:, j]) for j, name in enumerate(feature_names)})
+    table = pa.table(columns)
     extras = [_method_columns(e, feature_names) for e in rows]
     if any(extras):  # only the sampled rows carry them; the others are empty (NaN / None)
-        frame = pd.concat([frame, pd.DataFrame(extras, index=frame.index)], axis=1)
-    return frame
+        methods = pa.Table.from_pandas(pd.DataFrame(extras), preserve_index=False)
+        for field_, column in zip(methods.schema, methods.columns):
+            table = table.append_column(field_, column)
+    return table
+
+
+def _seed_array(seeds: list[int]) -> pa.Array:
+    """Seeds are uint64: int64 while they fit (as pandas typed the column), else uint64."""
+    return pa.array(seeds, pa.uint64() if seeds and max(seeds) > np.iinfo(np.int64).max else pa.int64())
 
 
 _heap_frozen = False
@@ -324,7 +338,7 @@ def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
                 "reason": outcome.message}
                for p, outcome in enumerate(outcomes) if isinstance(outcome, RiskLensError)]
     explained_rows = [(p, outcome) for p, outcome in enumerate(outcomes) if isinstance(outcome, Explanation)]
-    results = _results_frame(explained_rows, rows, task.labels, feature_names)
+    results = _results_table(explained_rows, rows, task.labels, feature_names)
     out = Path(task.out_dir)
     # Order matters for resume: rejects, then the whole pending file, then the audit records.
     atomic_parquet(pd.DataFrame(rejects, columns=["row", "claim_id", "code", "field", "reason"]),
