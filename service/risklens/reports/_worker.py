@@ -177,6 +177,11 @@ def close_stores() -> None:
         _stores.clear()
 
 
+# A chunk's rows that failed validation (the same columns whether there are any or not).
+REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("claim_id", pa.large_string()), ("code", pa.large_string()),
+                           ("field", pa.large_string()), ("reason", pa.large_string())])
+
+
 def chunk_file(out_dir: Path, index: int, kind: str = "chunk", suffix: str = ".parquet") -> Path:
     return Path(out_dir) / "chunks" / f"{kind}-{index:06d}{suffix}"
 
@@ -200,10 +205,9 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, use_dictionary=dictionary_columns(table.schema))
 
 
-def atomic_parquet(data: pd.DataFrame | pa.Table, path: Path) -> None:
+def atomic_parquet(table: pa.Table, path: Path) -> None:
     """Write whole or not at all: a tmp file, fsync, then rename."""
     tmp = path.with_name(path.name + ".tmp")
-    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
     write_parquet(table, tmp)
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
@@ -341,8 +345,7 @@ def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
     results = _results_table(explained_rows, rows, task.labels, feature_names)
     out = Path(task.out_dir)
     # Order matters for resume: rejects, then the whole pending file, then the audit records.
-    atomic_parquet(pd.DataFrame(rejects, columns=["row", "claim_id", "code", "field", "reason"]),
-                   chunk_file(out, task.index, "rejects"))
+    atomic_parquet(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), chunk_file(out, task.index, "rejects"))
     atomic_parquet(results, chunk_file(out, task.index, suffix=".pending.parquet"))
     if task.audit_url and entries:
         _store(task.audit_url).record(entries)
