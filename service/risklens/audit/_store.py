@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -98,21 +99,13 @@ def _prepare(entries: Sequence[AuditEntry]) -> list[_Prepared]:
     ``ExplainResponse`` message (tools, tests) takes the generic path through the message writers.
     """
     written: list[tuple[bytes, str]] = []
-    start = 0
-    while start < len(entries):
-        policy = entries[start].policy
-        if isinstance(entries[start].explanation, Message):
-            written.append(_message_body(entries[start]))
-            start += 1
-            continue
-        end = start + 1
-        while (end < len(entries) and entries[end].policy is policy
-               and not isinstance(entries[end].explanation, Message)):
-            end += 1
-        run = entries[start:end]
-        written += [(body, sha256_hex(source)) for body, source in
-                    write_bodies([entry.explanation for entry in run], [entry.input for entry in run], policy)]
-        start = end
+    for (policy, is_message), run in groupby(entries, key=lambda e: (e.policy, isinstance(e.explanation, Message))):
+        group = list(run)
+        if is_message:
+            written += map(_message_body, group)
+        else:
+            written += [(body, sha256_hex(source)) for body, source in
+                        write_bodies([e.explanation for e in group], [e.input for e in group], policy)]
     prepared = []
     for entry, (body, input_hash) in zip(entries, written):
         retain_until = entry.policy.retain_until(entry.created_at)
