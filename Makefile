@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: requirements.lock pyproject.toml setup.py protos/risklens/v1/risklens.proto
+$(VENV)/.installed: requirements.lock pyproject.toml setup.py protos/risklens/v1/risklens.proto service/risklens/audit/_join.c
 	@test -n "$(PYTHON_BOOT)" || { echo "no Python >= 3.12 found; set PYTHON_BOOT"; exit 1; }
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3

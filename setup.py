@@ -1,12 +1,15 @@
-"""Build hook: generate the gRPC/protobuf Python stubs from protos/ at install or build time.
+"""Build hooks: generate the gRPC/protobuf Python stubs from protos/ at install or build time, and
+compile the audit trail's native body joiner.
 
 The stubs land in service/risklens/v1/ (git-ignored) so that editable and regular installs
 both import them as ``risklens.v1.risklens_pb2``; they are never committed or hand-edited.
+The joiner (``risklens.audit._join``, one C file) is optional: where it cannot be compiled the
+install goes on and ``risklens.audit._body`` joins the same bytes in Python.
 """
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.develop import develop
 
@@ -38,4 +41,7 @@ class DevelopWithStubs(develop):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildWithStubs, "develop": DevelopWithStubs})
+setup(
+    cmdclass={"build_py": BuildWithStubs, "develop": DevelopWithStubs},
+    ext_modules=[Extension("risklens.audit._join", ["service/risklens/audit/_join.c"], optional=True)],
+)

@@ -188,13 +188,57 @@ def value_type_cases(chunk: list[Explanation]) -> list[Explanation]:
     return cases
 
 
+def joiners() -> list[Any]:
+    """The native joiner where it was compiled at install, and the Python one that stands in for it."""
+    from risklens.audit import _body
+
+    native = [pytest.param(_body.join_rows, id="native")] if _body.join_rows is not _body.join_rows_python else \
+        [pytest.param(None, id="native", marks=pytest.mark.skip(reason="risklens.audit._join was not compiled "
+                                                                     "(no C compiler at install)"))]
+    return [*native, pytest.param(_body.join_rows_python, id="python")]
+
+
+@pytest.mark.parametrize("join_rows", joiners())
+def test_join_rows_joins_each_row_of_positions(join_rows: Any) -> None:
+    rng = np.random.default_rng(3)
+    pieces = [b"", b"{", "ü".encode(), b"\x00", *(bytes(rng.integers(0, 256, size=n, dtype=np.uint8)) for n in range(40))]
+    index = rng.integers(0, len(pieces), size=(25, 17), dtype=np.int32)
+    assert join_rows(pieces, index) == [b"".join(pieces[i] for i in row) for row in index.tolist()]
+    assert join_rows(pieces, np.zeros((3, 0), dtype=np.int32)) == [b"", b"", b""]
+    assert join_rows(pieces, np.zeros((0, 5), dtype=np.int32)) == []
+
+
+def test_native_join_rows_refuses_what_it_cannot_join() -> None:
+    from risklens.audit import _body
+
+    if _body.join_rows is _body.join_rows_python:
+        pytest.skip("risklens.audit._join was not compiled (no C compiler at install)")
+    with pytest.raises(IndexError, match="not a position"):
+        _body.join_rows([b"a"], np.array([[0, 1]], dtype=np.int32))
+    with pytest.raises(IndexError, match="not a position"):
+        _body.join_rows([b"a"], np.array([[-1]], dtype=np.int32))
+    with pytest.raises(TypeError, match="int32"):
+        _body.join_rows([b"a"], np.zeros((1, 1), dtype=np.int64))
+    with pytest.raises(TypeError, match="int32"):
+        _body.join_rows([b"a"], np.zeros(3, dtype=np.int32))
+    with pytest.raises(TypeError, match="not bytes"):
+        _body.join_rows([b"a", "b"], np.zeros((1, 1), dtype=np.int32))
+    with pytest.raises(ValueError, match="C-contiguous"):  # a view that skips columns
+        _body.join_rows([b"a"], np.zeros((4, 4), dtype=np.int32)[:, ::2])
+
+
+@pytest.mark.parametrize("join_rows", joiners())
 @pytest.mark.parametrize("policy_name", sorted(POLICIES))
 def test_bodies_of_a_chunk_are_each_claims_body(chunk: list[Explanation], explanations: list[Explanation],
-                                                policy_name: str) -> None:
+                                                policy_name: str, join_rows: Any, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
     """write_bodies, column by column, gives each claim's write_body bytes: on a real chunk, with
-    claims it leaves to write_body (edge values, other methods) among them, and mixed value types."""
+    claims it leaves to write_body (edge values, other methods) among them, and mixed value types;
+    with the native joiner and with the Python one."""
+    from risklens.audit import _body
     from risklens.audit._body import _COLUMNAR_FROM, write_bodies
 
+    monkeypatch.setattr(_body, "join_rows", join_rows)
     policy = POLICIES[policy_name]
     edges = [case for e in chunk[:2] for case in edge_cases(e)]
     # a claim like the others but for one reason code's weight (zero: left out of the JSON)
@@ -202,7 +246,10 @@ def test_bodies_of_a_chunk_are_each_claims_body(chunk: list[Explanation], explan
                                                               *chunk[3].reason_codes[1:]])
     # and claims like the others but for a zero score (left out) or a -0.0 base value (written)
     zeros = [dataclasses.replace(chunk[4], score=0.0), dataclasses.replace(chunk[5], base_value=-0.0)]
-    mixed = [*chunk[:20], edges[0], *chunk[20:30], zero_weight, *zeros, *edges[1:], explanations[-1], *chunk[30:]]
+    # and claims with fewer reason codes than the others, or none
+    fewer = [dataclasses.replace(chunk[6], reason_codes=[]), dataclasses.replace(chunk[7], reason_codes=chunk[7].reason_codes[:1])]
+    mixed = [*chunk[:20], edges[0], *chunk[20:30], zero_weight, *zeros, *fewer, *edges[1:], explanations[-1],
+             *chunk[30:]]
     for batch in (chunk, mixed, [*value_type_cases(chunk), *chunk[7:]], chunk[:_COLUMNAR_FROM - 1]):
         assert write_bodies(batch, [e.claim for e in batch], policy) == \
             [write_body(e, e.claim, policy) for e in batch]

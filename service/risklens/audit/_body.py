@@ -285,13 +285,6 @@ def _is_set_array(values: np.ndarray) -> np.ndarray:
     return (values != 0.0) | np.signbit(values)
 
 
-def _objects(items: Sequence[Any]) -> np.ndarray:
-    """A 1-d object array of ``items`` (np.array would make bytes a fixed-width array)."""
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
 def _distinct_value_texts(column: Sequence[Any]) -> tuple[list[bytes], np.ndarray]:
     """(each distinct value's ``Value`` JSON, each row's position in that list): one text per value."""
     kinds = set(map(type, column))
@@ -307,27 +300,6 @@ def _distinct_value_texts(column: Sequence[Any]) -> tuple[list[bytes], np.ndarra
 def _has_negative_zero(column: Sequence[float]) -> bool:
     values = np.fromiter(column, dtype=np.float64, count=len(column))
     return bool(np.any((values == 0.0) & np.signbit(values)))
-
-
-def _reason_code_texts(codes_by_row: list[list[Any]]) -> list[bytes]:
-    """Each row's reason codes as the members of its canonical JSON list (see ``_reason_code``)."""
-    codes = [code for row in codes_by_row for code in row]
-    prefixes: dict[tuple[Any, ...], bytes] = {}
-    texts = []
-    for code in codes:
-        key = code[:3]  # code, text, direction (which fix the features): all but the weight
-        prefix = prefixes.get(key)
-        if prefix is None:
-            item = _reason_code(code._replace(weight=0.0))
-            prefix = prefixes[key] = orjson.dumps(item, option=_SORTED)[:-1] + (b',"weight":' if item else b'"weight":')
-        texts.append(prefix)
-    weights = _double_texts(np.array([code[3] for code in codes], dtype=np.float64))
-    items = (_objects(texts) + _objects(weights) + b"}").tolist()
-    rows, start = [], 0
-    for row in codes_by_row:
-        rows.append(b",".join(items[start:start + len(row)]))
-        start += len(row)
-    return rows
 
 
 # Below this many claims the arrays' set-up costs more than writing each body on its own.
@@ -387,64 +359,138 @@ def _columnar_rows(explanations: Sequence[Explanation], claims: Sequence[Mapping
     return rows, scalars
 
 
+class _Pieces:
+    """Every text of a batch of bodies, each once; a body is a row of positions in ``texts``."""
+
+    def __init__(self) -> None:
+        self.texts: list[bytes] = [b""]  # position 0: nothing (a field left out of this body)
+
+    def add(self, texts: Sequence[bytes]) -> int:
+        """Append ``texts``; returns the position of the first."""
+        start = len(self.texts)
+        self.texts.extend(texts)
+        return start
+
+    def column(self, texts: Sequence[bytes]) -> np.ndarray:
+        """Append one text per row; returns each row's position (a column of the index)."""
+        start = self.add(texts)
+        return np.arange(start, start + len(texts), dtype=np.int32)
+
+    def same(self, text: bytes, count: int) -> np.ndarray:
+        """One text shared by every row: a column of its position."""
+        return np.full(count, self.add([text]), dtype=np.int32)
+
+
+def join_rows_python(pieces: list[bytes], index: np.ndarray) -> list[bytes]:
+    """Row r is ``b"".join(pieces[i] for i in index[r])``: what the native ``join_rows`` does."""
+    return [b"".join(map(pieces.__getitem__, row)) for row in index.tolist()]
+
+
+try:  # compiled at install (setup.py); without a C compiler the same joins are done in Python
+    from risklens.audit._join import join_rows
+except ImportError:  # pragma: no cover - exercised where the extension is absent
+    join_rows = join_rows_python
+
+
+_CODE_KEY = itemgetter(0, 1, 2)  # a ReasonCode's code, text and direction (which fix its features): all but the weight
+
+
+def _reason_code_opening(code: Any) -> bytes:
+    """A reason code's canonical JSON up to its weight's value."""
+    item = _reason_code(code._replace(weight=0.0))
+    return orjson.dumps(item, option=_SORTED)[:-1] + (b',"weight":' if item else b'"weight":')
+
+
+def _reason_code_columns(pieces: _Pieces, codes_by_row: list[list[Any]]) -> list[np.ndarray]:
+    """Each row's reason codes, the canonical JSON list's members (see ``_reason_code``): for each code
+    slot a separator, the code up to its weight, the weight and ``}`` (position 0 where a row has fewer)."""
+    counts = np.fromiter(map(len, codes_by_row), dtype=np.intp, count=len(codes_by_row))
+    slots = int(counts.max()) if len(counts) else 0
+    if not slots:
+        return []
+    codes = [code for row in codes_by_row for code in row]
+    keys = list(map(_CODE_KEY, codes))
+    distinct = dict(zip(keys, codes))  # each distinct key with one of its codes (only weights differ)
+    positions = {key: pieces.add([_reason_code_opening(code)]) for key, code in distinct.items()}
+    prefix_of = np.fromiter(map(positions.__getitem__, keys), dtype=np.int32, count=len(keys))
+    weights = np.arange(len(codes), dtype=np.int32) + pieces.add(
+        _double_texts(np.array([code[3] for code in codes], dtype=np.float64)))
+    comma, close = pieces.add([b","]), pieces.add([b"}"])
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    columns = []
+    for slot in range(slots):
+        present = counts > slot
+        flat = np.where(present, first + slot, 0)
+        columns += [np.where(present, comma, 0) if slot else np.zeros(len(counts), np.int32),
+                    np.where(present, prefix_of[flat], 0), np.where(present, weights[flat], 0),
+                    np.where(present, close, 0)]
+    return columns
+
+
 def _write_columnar(explanations: list[Explanation], claims: list[Mapping[str, Any]], order: np.ndarray,
                     shap: np.ndarray, scalars: np.ndarray) -> list[tuple[bytes, bytes]]:
     """The bodies; ``order`` and ``shap``: each row's contributions (feature positions, SHAP values);
-    ``scalars``: each row's (base value, raw score, score, threshold)."""
+    ``scalars``: each row's (base value, raw score, score, threshold).
+
+    Every distinct text goes into one list once (a claim value's JSON once per column, the doubles
+    from one orjson call, the fixed parts of the layout) and each body is a row of positions in it,
+    built with array arithmetic; ``join_rows`` then writes every body in one native pass.
+    """
     manifest = explanations[0].model.manifest
     names = manifest.feature_names
     width, count = len(names), len(explanations)
     columns = list(zip(*map(itemgetter(*names), claims))) if width > 1 else [tuple(c[names[0]] for c in claims)]
     distinct = dict(zip(names, map(_distinct_value_texts, columns)))
+    pieces = _Pieces()
 
     # The input, {"name":value,...} in name order; its text is hashed on its own too.
-    members = np.empty((count, width), dtype=object)
+    members = np.empty((count, width), dtype=np.int32)
     for j, name in enumerate(sorted(names)):
         texts, rows = distinct[name]
         opening = (b"{" if j == 0 else b",") + orjson.dumps(name) + b":"
         closing = b"}" if j == width - 1 else b""
-        members[:, j] = _objects([opening + text + closing for text in texts])[rows]
-    sources = [b"".join(row) for row in members.tolist()]
+        members[:, j] = pieces.add([opening + text + closing for text in texts]) + rows
 
-    # The contributions, in their order: {"feature":name,"shap":x,"value":v}, "shap" left out when zero.
+    # The contributions, in their order: {"feature":name,"shap":x,"value":v}, "shap" left out when zero;
+    # openings by (first or not, zero or not, feature).
     zero = ~_is_set_array(shap)
     named = [orjson.dumps(name) for name in names]
-    pieces = np.empty((count, 3 * width), dtype=object)
-    pieces[:, 0::3] = np.where(zero, _objects([b',{"feature":' + n for n in named])[order],
-                               _objects([b',{"feature":' + n + b',"shap":' for n in named])[order])
-    pieces[:, 0] = [piece[1:] for piece in pieces[:, 0].tolist()]  # no comma before the first
-    pieces[:, 1::3] = np.where(zero, b"", _objects(_double_texts(shap)).reshape(shap.shape))
-    values = np.empty((count, width), dtype=object)
+    openings = pieces.add([b'{"feature":' + n + b',"shap":' for n in named] + [b'{"feature":' + n for n in named]
+                          + [b',{"feature":' + n + b',"shap":' for n in named] + [b',{"feature":' + n for n in named])
+    contributions = np.empty((count, width, 3), dtype=np.int32)
+    contributions[:, :, 0] = openings + order + width * zero
+    contributions[:, 1:, 0] += 2 * width
+    contributions[:, :, 1] = np.where(zero, 0, pieces.add(_double_texts(shap))
+                                      + np.arange(count * width, dtype=np.int32).reshape(count, width))
+    values = np.empty((count, width), dtype=np.int32)
     for j, name in enumerate(names):
         texts, rows = distinct[name]
-        values[:, j] = _objects([b',"value":' + text + b"}" for text in texts])[rows]
-    pieces[:, 2::3] = np.take_along_axis(values, order, axis=1)
+        values[:, j] = pieces.add([b',"value":' + text + b"}" for text in texts]) + rows
+    contributions[:, :, 2] = np.take_along_axis(values, order, axis=1)
 
-    # The explanation's members in name order, then the input: a row of pieces for each body.
-    scalar_texts = _objects(_double_texts(scalars)).reshape(count, 4)
-    codes = _reason_code_texts([e.reason_codes for e in explanations])
+    # The explanation's members in name order, then the input.
+    scalar = pieces.add(_double_texts(scalars)) + 4 * np.arange(count, dtype=np.int32)
     dumps = orjson.dumps
     model = model_json(manifest.name, manifest.version, manifest.sha256, manifest.framework).encode("utf-8")
-    parts: list[Any] = [
-        b'{"explanation":{"base_value":', scalar_texts[:, 0],
-        b',"claim_id":', [dumps(e.claim_id) for e in explanations], b',"contributions":[', pieces,
-        b'],"decision":', [dumps(e.decision) for e in explanations], b',"model":' + model + b',"output_space":',
-        [dumps(_OUTPUT_SPACE_NAMES[e.output_space]) for e in explanations],
-        b',"rationale":', [dumps(e.rationale) for e in explanations], b',"raw_score":', scalar_texts[:, 1],
-        [b',"reason_codes":[' + text + b"]" if text else b"" for text in codes],
-        b',"receipt_id":', [dumps(e.receipt_id) for e in explanations], b',"score":', scalar_texts[:, 2],
-        b',"settings":', [_settings_text(e).encode("utf-8") for e in explanations],
-        b',"threshold":', scalar_texts[:, 3], b'},"input":', sources, b"}",
+    codes = _reason_code_columns(pieces, [e.reason_codes for e in explanations])
+    listed = np.flatnonzero([bool(e.reason_codes) for e in explanations])
+    codes_open, codes_close = np.zeros(count, np.int32), np.zeros(count, np.int32)
+    codes_open[listed], codes_close[listed] = pieces.add([b',"reason_codes":[']), pieces.add([b"]"])
+    layout = [
+        pieces.same(b'{"explanation":{"base_value":', count), scalar,
+        pieces.same(b',"claim_id":', count), pieces.column([dumps(e.claim_id) for e in explanations]),
+        pieces.same(b',"contributions":[', count), contributions.reshape(count, 3 * width),
+        pieces.same(b'],"decision":', count), pieces.column([dumps(e.decision) for e in explanations]),
+        pieces.same(b',"model":' + model + b',"output_space":', count),
+        pieces.column([dumps(_OUTPUT_SPACE_NAMES[e.output_space]) for e in explanations]),
+        pieces.same(b',"rationale":', count), pieces.column([dumps(e.rationale) for e in explanations]),
+        pieces.same(b',"raw_score":', count), scalar + 1, codes_open, *codes, codes_close,
+        pieces.same(b',"receipt_id":', count), pieces.column([dumps(e.receipt_id) for e in explanations]),
+        pieces.same(b',"score":', count), scalar + 2,
+        pieces.same(b',"settings":', count),
+        pieces.column([_settings_text(e).encode("utf-8") for e in explanations]),
+        pieces.same(b',"threshold":', count), scalar + 3, pieces.same(b'},"input":', count), members,
+        pieces.same(b"}", count),
     ]
-    widths = [part.shape[1] if isinstance(part, np.ndarray) and part.ndim == 2 else 1 for part in parts]
-    body = np.empty((count, sum(widths)), dtype=object)
-    column = 0
-    for part, part_width in zip(parts, widths):
-        if isinstance(part, bytes):
-            body[:, column] = part  # the same text in every body
-        elif part_width == 1:
-            body[:, column] = _objects(part) if isinstance(part, list) else part
-        else:
-            body[:, column:column + part_width] = part
-        column += part_width
-    return [(b"".join(row), source) for row, source in zip(body.tolist(), sources)]
+    index = np.column_stack(layout).astype(np.int32, copy=False)
+    return list(zip(join_rows(pieces.texts, index), join_rows(pieces.texts, members)))
