@@ -152,3 +152,57 @@ def test_code_texts_that_only_print_values_render_without_jinja_as_jinja_would()
             assert plain.render(values) == render_template(_compiled(text), {**values, "claim": values}), text
             checked += 1
     assert checked >= 20  # every demo and generic text is plain, and the hand-written plain ones
+
+
+def _reference_codes(catalogue: Catalogue, manifest: Manifest, claim: dict, shap: np.ndarray, top_k: int
+                     ) -> list[ReasonCode]:
+    """Reason codes as the contract states them, claim by claim in plain Python: a code's weight is the
+    sum of its features' contributions; the top_k codes that raise the risk (largest first, ties in
+    catalogue order), then the top_k that lower it (most negative first); texts rendered with the
+    claim's values in words."""
+    import jinja2
+
+    position = {name: i for i, name in enumerate(manifest.feature_names)}
+    weights = []
+    for spec in catalogue.codes:
+        weight = float(shap[position[spec.features[0]]])
+        for name in spec.features[1:]:
+            weight += float(shap[position[name]])
+        weights.append(weight)
+    order = sorted(range(len(weights)), key=lambda c: -weights[c])
+    words = {name: value if isinstance(value, str) else format_value(value) for name, value in claim.items()}
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+
+    def code(c: int, direction: str) -> ReasonCode:
+        spec = catalogue.codes[c]
+        text = environment.from_string(getattr(spec, direction)).render({**words, "claim": words})
+        return ReasonCode(spec.code, text, direction, weights[c], tuple(spec.features))
+
+    return ([code(c, "raises") for c in order[:top_k] if weights[c] > 0]
+            + [code(c, "lowers") for c in order[::-1][:top_k] if weights[c] < 0])
+
+
+_SHAP = st.sampled_from([-0.5, -0.1, -0.0, 0.0, 0.1, 0.3, 0.5])
+_CLAIM = st.fixed_dictionaries({
+    "capital-gains": st.sampled_from([0.0, -0.0, 53300.0, 1234.5, 3.0]), "fault": st.sampled_from(["holder", "third_party"]),
+    "witness": st.sampled_from([True, False, None]), "age": st.sampled_from([None, 3.0, -0.0, 61.0])})
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(_CLAIM, st.lists(_SHAP, min_size=4, max_size=4)), min_size=1, max_size=12),
+       top_k=st.integers(0, 6))
+def test_codes_of_a_batch_are_the_reference_codes_of_each_claim(rows, top_k):
+    """select_rows (arrays, texts once per distinct shown value) gives each claim exactly the codes the
+    plain per-claim reference gives: the same codes, order, texts and weights, ties and -0.0 included."""
+    manifest = _manifest()
+    catalogue = Catalogue.model_validate({"codes": [
+        {"code": "G", "features": ["fault", "witness"], "raises": "{{ fault }} and witness {{ witness }}",
+         "lowers": "down with {{ claim['age'] }} ({{ claim | length }} features)"},
+        {"code": "A", "features": ["age"], "raises": "age {{ age }} raised it", "lowers": "age {{ age }}"}]
+    }).completed(manifest)
+    selector = ReasonCodeSelector(catalogue, manifest)
+    claims = [claim for claim, _ in rows]
+    shap = np.array([values for _, values in rows], dtype=np.float64)
+    expected = [_reference_codes(catalogue, manifest, claim, values, top_k) for claim, values in zip(claims, shap)]
+    assert selector.select_rows(claims, shap, top_k) == expected
+    assert [selector.select(claim, values, top_k) for claim, values in zip(claims, shap)] == expected

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
-from functools import lru_cache
+from functools import lru_cache, partial
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -159,8 +160,10 @@ class ReasonCodeSelector:
         index = {name: i for i, name in enumerate(names)}
         self._specs = catalogue.codes
         self._code_columns = [[index[f] for f in spec.features] for spec in self._specs]
-        self._code_names = [spec.code for spec in self._specs]
-        self._code_features = [tuple(spec.features) for spec in self._specs]
+        self._code_names = np.array([spec.code for spec in self._specs], dtype=object)
+        self._code_features = np.empty(len(self._specs), dtype=object)  # tuples kept whole, not as rows
+        for c, spec in enumerate(self._specs):
+            self._code_features[c] = tuple(spec.features)
         self._templates: dict[str, list[PlainText | jinja2.Template]] = {"raises": [], "lowers": []}
         self._reads: dict[str, list[tuple[str, ...]]] = {"raises": [], "lowers": []}
         for spec in self._specs:
@@ -192,39 +195,58 @@ class ReasonCodeSelector:
         return self.select_rows([claim], np.atleast_2d(shap_values), top_k)[0]
 
     def select_rows(self, claims: list[dict[str, Any]], shap_values: np.ndarray, top_k: int) -> list[list[ReasonCode]]:
-        """``select`` for each claim (row of ``shap_values``), with the weights and ordering done on arrays."""
+        """``select`` for each claim (row of ``shap_values``), with the weights and ordering done on arrays
+        and each code's text found once per distinct shown value (codes repeat across claims)."""
         weights = self.weights(shap_values)
         order = np.argsort(-weights, axis=1, kind="stable")
-        raising = order[:, :top_k].tolist()
-        lowering = order[:, ::-1][:, :top_k].tolist()
-        weight_rows = weights.tolist()
-        chosen = []
-        for claim, row_weights, up, down in zip(claims, weight_rows, raising, lowering):
-            codes = [self._code(claim, "raises", c, row_weights[c]) for c in up if row_weights[c] > 0]
-            codes += [self._code(claim, "lowers", c, row_weights[c]) for c in down if row_weights[c] < 0]
-            chosen.append(codes)
-        return chosen
+        k = min(top_k, len(self._specs))
+        picked = np.concatenate([order[:, :k], order[:, ::-1][:, :k]], axis=1)
+        picked_weights = np.take_along_axis(weights, picked, axis=1)
+        kept = np.concatenate([picked_weights[:, :k] > 0, picked_weights[:, k:] < 0], axis=1)
+        rows, slots = np.nonzero(kept)  # row by row: raising codes (largest first), then lowering ones
+        codes = picked[rows, slots]
+        lowering = slots >= k
+        texts = np.empty(len(codes), dtype=object)
+        groups = lowering * len(self._specs) + codes  # (direction, code)
+        by_group = np.argsort(groups, kind="stable")
+        starts = np.flatnonzero(np.diff(groups[by_group], prepend=-1))
+        for at in np.split(by_group, starts[1:]) if len(by_group) else []:
+            direction = "lowers" if lowering[at[0]] else "raises"
+            texts[at] = self._texts_for(direction, int(codes[at[0]]), [claims[row] for row in rows[at].tolist()])
+        # tuple.__new__: the NamedTuples without their Python-level constructor (one per code per claim)
+        flat = list(map(partial(tuple.__new__, ReasonCode), zip(
+            self._code_names[codes].tolist(), texts.tolist(), _DIRECTIONS[lowering.view(np.int8)].tolist(),
+            picked_weights[rows, slots].tolist(), self._code_features[codes].tolist())))
+        ends = np.cumsum(kept.sum(axis=1)).tolist()
+        return [flat[start:end] for start, end in zip([0, *ends], ends)]
 
-    def _code(self, claim: dict[str, Any], direction: str, c: int, weight: float) -> ReasonCode:
+    def _texts_for(self, direction: str, c: int, claims: list[dict[str, Any]]) -> list[str]:
+        """Code ``c``'s text (in ``direction``) for each claim: rendered once per distinct shown value."""
         reads = self._reads[direction][c]
         # Categories are shown as they are; other values through format_value (-0.0 shows as "-0").
         if len(reads) == 1:  # the usual code: one feature
-            value = claim[reads[0]]
-            shown: tuple[str, ...] = (value if type(value) is str else format_value(value),)
+            shown = [(value if type(value) is str else format_value(value),) for value in map(itemgetter(reads[0]), claims)]
         else:
-            shown = tuple([value if type(value) is str else format_value(value)
-                           for value in map(claim.__getitem__, reads)])
+            shown = [tuple([value if type(value) is str else format_value(value) for value in map(claim.__getitem__, reads)])
+                     for claim in claims]
+        distinct = {values: self._text(direction, c, values) for values in dict.fromkeys(shown)}
+        return list(map(distinct.__getitem__, shown))
+
+    def _text(self, direction: str, c: int, shown: tuple[str, ...]) -> str:
         key = (direction, c, shown)
         text = self._texts.get(key)
         if text is None:
+            reads = self._reads[direction][c]
             values = dict(zip(reads, map(format_value, shown)))
             template = self._templates[direction][c]
             text = (template.render(values) if isinstance(template, PlainText)
                     else render_template(template, {**values, "claim": values}))
             if len(self._texts) < _MAX_CACHED_TEXTS:
                 self._texts[key] = text
-        # tuple.__new__: the NamedTuple without its Python-level constructor (one per code per claim)
-        return tuple.__new__(ReasonCode, (self._code_names[c], text, direction, weight, self._code_features[c]))
+        return text
+
+
+_DIRECTIONS = np.array(["raises", "lowers"], dtype=object)
 
 
 def load_catalogue(model: LoadedModel) -> Catalogue:

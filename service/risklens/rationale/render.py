@@ -28,22 +28,13 @@ def _sentence_case(text: str) -> str:
 
 def render_rationale(*, model_label: str, score: float, threshold: float, decision: str,
                      reason_codes: list[ReasonCode], agreement_summary: str = "") -> str:
-    # The text depends on the score only to two decimals: claims that share it and their reasons
-    # share one rendering (reason texts repeat a lot across a claims table).
-    return _render(model_label, f"{score:.2f}", f"{threshold:.2f}", decision,
-                   tuple((c.direction, c.text) for c in reason_codes), agreement_summary)
-
-
-@lru_cache(maxsize=65_536)
-def _render(model_label: str, score_text: str, threshold_text: str, decision: str,
-            reasons: tuple[tuple[str, str], ...], agreement_summary: str) -> str:
-    raises = [_sentence_case(text) for direction, text in reasons if direction == "raises"]
-    lowers = [_sentence_case(text) for direction, text in reasons if direction == "lowers"]
+    raises = [_sentence_case(c.text) for c in reason_codes if c.direction == "raises"]
+    lowers = [_sentence_case(c.text) for c in reason_codes if c.direction == "lowers"]
+    threshold_text = f"{threshold:.2f}"
     if _SKELETON_SAFE and "\x00" not in model_label:  # NUL marks the skeleton's slots
-        values = (score_text, agreement_summary, *raises, *lowers)
-        parts = _skeleton(model_label, threshold_text, decision, len(raises), len(lowers), bool(agreement_summary))
-        return "".join([part if type(part) is str else values[part] for part in parts]).strip()
-    return _render_jinja(model_label, score_text, threshold_text, decision, raises, lowers, agreement_summary)
+        skeleton = _skeleton(model_label, threshold_text, decision, len(raises), len(lowers), bool(agreement_summary))
+        return skeleton.format(f"{score:.2f}", agreement_summary, *raises, *lowers).strip()
+    return _render_jinja(model_label, f"{score:.2f}", threshold_text, decision, raises, lowers, agreement_summary)
 
 
 def _render_jinja(model_label: str, score_text: str, threshold_text: str, decision: str, raises: list[str],
@@ -114,8 +105,8 @@ _SKELETON_SAFE = _prints_texts_verbatim(_template_tree())
 
 @lru_cache(maxsize=4096)
 def _skeleton(model_label: str, threshold_text: str, decision: str, n_raises: int, n_lowers: int,
-              agreement: bool) -> tuple[str | int, ...]:
-    """The rendered template as literal text and indexes into (score, agreement, *raises, *lowers)."""
+              agreement: bool) -> str:
+    """The rendered template as a ``str.format`` pattern over (score, agreement, *raises, *lowers)."""
     def marker(index: int) -> str:
         return f"\x00{index}\x00"
 
@@ -123,4 +114,5 @@ def _skeleton(model_label: str, threshold_text: str, decision: str, n_raises: in
                          [marker(2 + i) for i in range(n_raises)], [marker(2 + n_raises + i) for i in range(n_lowers)],
                          marker(1) if agreement else "")
     pieces = _MARKER.split(text)  # literal, index, literal, index, ..., literal
-    return tuple(piece if i % 2 == 0 else int(piece) for i, piece in enumerate(pieces) if piece or i % 2)
+    return "".join(piece.replace("{", "{{").replace("}", "}}") if i % 2 == 0 else "{" + piece + "}"
+                   for i, piece in enumerate(pieces))
