@@ -371,3 +371,36 @@ def test_closing_during_a_background_checkpoint_returns(tmp_path: Any, make_entr
         closer.join(timeout=30)
         assert not closer.is_alive(), f"close() hung (attempt {attempt})"
 
+
+
+def test_page_size_is_chosen_when_the_trail_is_created(tmp_path: Any, make_entries: EntryFactory) -> None:
+    """SQLite's default pages for a new trail unless asked (the URL's page_size first); an existing
+    trail keeps its own, and records round-trip and verify at any size."""
+    from risklens.audit import BATCH_PAGE_SIZE
+
+    def page_size(path: Any) -> int:
+        with sqlite3.connect(path) as connection:
+            return connection.execute("PRAGMA page_size").fetchone()[0]
+
+    open_store(f"sqlite:///{tmp_path / 'default.db'}").close()
+    assert page_size(tmp_path / "default.db") == 4096
+    batch = f"sqlite:///{tmp_path / 'batch.db'}"
+    entries = make_entries(5)
+    store = open_store(batch, page_size=BATCH_PAGE_SIZE)
+    store.record(entries)
+    store.close()
+    assert page_size(tmp_path / "batch.db") == BATCH_PAGE_SIZE == 32_768
+    for url in (batch, f"{batch}?page_size=4096"):
+        reopened = open_store(url, page_size=8192)
+        assert reopened.get(entries[3].receipt_id).explanation == entries[3].explanation
+        assert reopened.verify().ok
+        reopened.close()
+        assert page_size(tmp_path / "batch.db") == BATCH_PAGE_SIZE
+    open_store(f"sqlite:///{tmp_path / 'url.db'}?page_size=8192", page_size=BATCH_PAGE_SIZE).close()
+    assert page_size(tmp_path / "url.db") == 8192
+    for bad in ("?page_size=1000", "?page_size=131072", "?page_size=big"):
+        with pytest.raises(InvalidRequest, match="page_size must be a power of two") as refused:
+            open_store(f"sqlite:///{tmp_path / 'bad.db'}{bad}")
+        assert refused.value.field == "page_size"
+    with pytest.raises(InvalidRequest, match="page_size"):
+        open_store(f"sqlite:///{tmp_path / 'bad.db'}", page_size=3000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from risklens.audit import open_store
+from risklens.audit import BATCH_PAGE_SIZE, open_store
 from risklens.errors import InvalidRequest, SchemaError
 from risklens.registry import ModelRegistry
 from risklens.reports import AuditRunConfig, read_claims_table, run_audit
@@ -60,6 +61,8 @@ def test_whole_fraud_oracle_table_is_explained_once_and_audited(fraud_run, fraud
     receipts = _audited_receipts(audit_url)
     assert len(receipts) == 15420
     assert set(receipts) == set(claims["receipt_id"])
+    with sqlite3.connect(audit_url.removeprefix("sqlite:///")) as connection:  # the run created the trail
+        assert connection.execute("PRAGMA page_size").fetchone()[0] == BATCH_PAGE_SIZE
     assert (out / "rejects.csv").read_text().strip() == "row,claim_id,code,field,reason"
     assert "explained 15,420 claims, rejected 0" in output
     # --workers 2: this process and one worker process took chunks from one queue, each chunk once.

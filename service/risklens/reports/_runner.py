@@ -472,9 +472,9 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
                                                 "device": config.device or settings.device,
                                                 "agreement_threshold": settings.agreement_threshold}})
         if audit_url:
-            from risklens.audit import open_store
+            from risklens.audit import BATCH_PAGE_SIZE, open_store
 
-            store = open_store(audit_url)
+            store = open_store(audit_url, page_size=BATCH_PAGE_SIZE)  # a new trail: pages for 2,000-record commits
         return _run(config, out, models_dir, model, methods, table, store, audit_url, local_pool)
     finally:
         if local_pool is not None:
