@@ -98,3 +98,11 @@ def test_validate_columns_is_validate_claim_on_every_row(service: ExplainService
         position = int(np.flatnonzero(valid == row)[0])
         got = {name: columns[name][position] for name in manifest.feature_names}
         assert repr(got) == repr(expected)
+    # Text columns as a CSV read gives them (pandas' str dtype, NA for missing): the same outcome.
+    text_only = [name for name in base.columns if all(isinstance(v, str) or v is None for v in base[name])]
+    as_read = base.astype({name: "str" for name in text_only})
+    assert all(isinstance(as_read[name].dtype, pd.StringDtype) for name in text_only)
+    text_columns, text_valid, text_errors = validate_columns(manifest, as_read)
+    assert repr(text_columns) == repr(columns) and text_valid.tolist() == valid.tolist()
+    assert {row: (e.field, e.message) for row, e in text_errors.items()} == \
+        {row: (e.field, e.message) for row, e in errors.items()}

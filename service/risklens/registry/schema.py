@@ -100,7 +100,11 @@ def validate_columns(manifest: Manifest, frame: pd.DataFrame
             for row in range(n):
                 errors.setdefault(row, error)
             continue
-        checked[spec.name] = _check_column(spec, frame[spec.name].to_numpy(dtype=object), errors)
+        column = frame[spec.name]
+        # Text columns (pandas' str dtype) hold NA where a value is missing: None, as validate_claim has it.
+        values = (column.to_numpy(dtype=object, na_value=None) if isinstance(column.dtype, pd.StringDtype)
+                  else column.to_numpy(dtype=object))
+        checked[spec.name] = _check_column(spec, values, errors)
     valid = np.asarray([row for row in range(n) if row not in errors], dtype=np.intp)
     if len(valid) == n:
         return checked, valid, errors
