@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import re
 from functools import lru_cache, partial
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -196,8 +195,8 @@ class ReasonCodeSelector:
 
     def select_rows(self, claims: list[dict[str, Any]], shap_values: np.ndarray, top_k: int) -> list[list[ReasonCode]]:
         """``select`` for each claim (row of ``shap_values``), with the weights, ordering and picking done
-        on arrays for all claims at once (in plain Python for a few claims, where NumPy's per-call cost
-        dominates: ~100 against ~25 us for one claim; the same codes, bit for bit)."""
+        on arrays for all claims at once; in plain Python for a few claims, where NumPy's per-call cost
+        dominates (one claim: ~40 us against ~100 on arrays). Both give the same codes, bit for bit."""
         if len(claims) < _ARRAY_ROWS:
             return [self._select_one(claim, row, top_k) for claim, row in zip(claims, np.asarray(shap_values).tolist())]
         weights = self.weights(shap_values)
