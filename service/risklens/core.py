@@ -23,11 +23,11 @@ import pandas as pd
 
 from risklens import __version__
 from risklens.errors import BatchTooLarge, InvalidRequest, RiskLensError
-from risklens.explainers import EXPLAINERS, ExplainContext, Explainer
+from risklens.explainers import EXPLAINERS, ClaimRows, ExplainContext, Explainer
 from risklens.explainers.shap import ShapResult
 from risklens.rationale import ReasonCode, ReasonCodeSelector, load_catalogue, render_rationale
-from risklens.registry import LoadedModel, ModelRegistry, claims_frame, validate_claim
-from risklens.registry.schema import FeatureValue, columns_frame, validate_columns
+from risklens.registry import LoadedModel, ModelRegistry, validate_claim
+from risklens.registry.schema import FeatureValue, validate_columns
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,8 @@ class ExplainService:
             except RiskLensError as exc:
                 outcomes[i] = exc
         if valid:
-            frame = claims_frame(model.manifest, checked)
-            explanations = self._explain_valid(model, checked, frame, [claims[i].claim_id for i in valid],
+            rows = ClaimRows(model, {name: [claim[name] for claim in checked] for name in model.manifest.feature_names})
+            explanations = self._explain_valid(model, checked, rows, [claims[i].claim_id for i in valid],
                                                methods, device, top_k, options)
             for i, explanation in zip(valid, explanations):
                 outcomes[i] = explanation
@@ -222,7 +222,7 @@ class ExplainService:
             names = model.manifest.feature_names
             claims = [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
             ids = [claim_ids[row] for row in valid] if claim_ids is not None else [""] * len(valid)
-            explanations = self._explain_valid(model, claims, columns_frame(model.manifest, columns), ids,
+            explanations = self._explain_valid(model, claims, ClaimRows(model, columns), ids,
                                                methods, device, top_k, options)
             for row, explanation in zip(valid.tolist(), explanations):
                 outcomes[row] = explanation
@@ -241,10 +241,10 @@ class ExplainService:
         log.info("explained %d claim(s) with %s v%s [%s]; %d rejected", explained, model.name, model.version,
                  ",".join(methods), rejected)
 
-    def _explain_valid(self, model: LoadedModel, claims: list[dict[str, FeatureValue]], frame: pd.DataFrame,
+    def _explain_valid(self, model: LoadedModel, claims: list[dict[str, FeatureValue]], rows: ClaimRows,
                        claim_ids: list[str], methods: tuple[str, ...], device: str, top_k: int,
                        options: ExplainOptions) -> list[Explanation]:
-        """Explain validated claims (``frame`` holds the same rows), then record them in the audit trail.
+        """Explain validated claims (``rows`` holds the same claims), then record them in the audit trail.
 
         Per-claim work is done on whole arrays where it can be (scores, contribution order, reason
         code weights), so one claim and a table chunk take the same code path.
@@ -256,7 +256,7 @@ class ExplainService:
         context = ExplainContext(top_k=top_k, device=device, seeds=seeds, lime_samples=options.lime_samples,
                                  agreement_threshold=self.settings.agreement_threshold)
         for method in methods:
-            context.results[method] = self.explainer(model, method).explain(frame, context)
+            context.results[method] = self.explainer(model, method).explain(rows, context)
         shap_rows: list[ShapResult] = context.results["shap"]
         values = np.vstack([result.values for result in shap_rows])
         manifest = model.manifest

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from risklens.explainers.agreement import AgreementExplainer, rank_agreement
-from risklens.explainers.base import ExplainContext
+from risklens.explainers.base import ClaimRows, ExplainContext
 from risklens.explainers.ebm import EbmExplainer
 from risklens.explainers.lime import LimeExplainer
 from risklens.explainers.shap import ShapExplainer
@@ -24,7 +24,7 @@ def test_rank_agreement_measure():
 @pytest.fixture(scope="module")
 def explained(xgb_model, synthetic):
     """SHAP, LIME and EBM run for real on held-out claims; agreement on top."""
-    claims = synthetic.X_hold.iloc[:8].reset_index(drop=True)
+    claims = ClaimRows(xgb_model, frame=synthetic.X_hold.iloc[:8].reset_index(drop=True))
     context = ExplainContext(top_k=3, device="cpu", seeds=list(range(8)), agreement_threshold=0.5)
     context.results["shap"] = ShapExplainer(xgb_model).explain(claims, context)
     context.results["lime"] = LimeExplainer(xgb_model).explain(claims, context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from risklens.explainers.base import ExplainContext
+from risklens.explainers.base import ClaimRows, ExplainContext
 from risklens.explainers.ebm import EbmExplainer
 from risklens.explainers.shap import ShapExplainer
 from risklens.registry import load_model_dir, write_model_dir
@@ -25,7 +25,7 @@ def test_native_ebm_is_a_first_class_model(ebm_model):
 
 
 def test_native_terms_sum_to_the_ebm_logit(ebm_model, claims):
-    results = EbmExplainer(ebm_model).explain(claims, ExplainContext(top_k=3, device="cpu", seeds=[0] * len(claims)))
+    results = EbmExplainer(ebm_model).explain(ClaimRows(ebm_model, frame=claims), ExplainContext(top_k=3, device="cpu", seeds=[0] * len(claims)))
     logits = ebm_model.estimator.decision_function(
         EBMAdapter.frame(ebm_model.estimator, ebm_model.model_matrix(claims)))
     for result, logit in zip(results, logits):
@@ -39,7 +39,7 @@ def test_native_terms_sum_to_the_ebm_logit(ebm_model, claims):
 
 
 def test_ebm_shap_local_accuracy(ebm_model, claims):
-    values, base, raw, engine, _ = ShapExplainer(ebm_model).attributions(claims)
+    values, base, raw, engine, _ = ShapExplainer(ebm_model).attributions(ebm_model.model_matrix(claims))
     assert engine == "ebm-exact"
     np.testing.assert_allclose(base + values.sum(axis=1), raw, atol=1e-6)
 
@@ -61,7 +61,7 @@ def test_ebm_shap_equals_brute_force_shapley(tmp_path, synthetic, schema_matrix)
                     background=synthetic.X, background_rows=40)
     model = load_model_dir(tmp_path / "tiny-ebm")
     claims = synthetic.X_hold[keep].iloc[:4].reset_index(drop=True)
-    values, base, _, _, _ = ShapExplainer(model).attributions(claims)
+    values, base, _, _, _ = ShapExplainer(model).attributions(model.model_matrix(claims))
 
     background = model.background_matrix
     explainer = shap.explainers.Exact(model.raw_from_matrix, shap.maskers.Independent(background, max_samples=40))
@@ -81,7 +81,7 @@ def test_surrogate_fidelity_on_the_demo_model(demo_xgb, examples_dir):
     assert explainer.fidelity["decision_agreement"] > 0.95, explainer.fidelity
     claim = json.loads((examples_dir / "early-claim-no-witness.json").read_text())
     frame = claims_frame(demo_xgb.manifest, [validate_claim(demo_xgb.manifest, claim)])
-    result = explainer.explain(frame, ExplainContext(top_k=3, device="cpu", seeds=[0]))[0]
+    result = explainer.explain(ClaimRows(demo_xgb, frame=frame), ExplainContext(top_k=3, device="cpu", seeds=[0]))[0]
     assert result.surrogate and result.fidelity_r2 == explainer.fidelity["r2"]
     assert result.logit == pytest.approx(float(explainer.ebm.predict(frame)[0]), abs=1e-9)
     top = max(result.terms, key=lambda t: abs(t.contribution))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from risklens.explainers.base import ExplainContext
+from risklens.explainers.base import ClaimRows, ExplainContext
 from risklens.explainers.ice import IceExplainer, mid_rank_percentile
 from risklens.explainers.shap import ShapExplainer
 from risklens.registry.manifest import PDP_ARTIFACT
@@ -67,8 +67,9 @@ def ice_results(xgb_model, synthetic):
     hold = synthetic.X_hold
     claims = pd.concat([hold[hold.days_policy_to_claim < 20].iloc[:1], hold.iloc[:3]], ignore_index=True)
     context = ExplainContext(top_k=3, device="cpu", seeds=[0] * len(claims))
-    context.results["shap"] = ShapExplainer(xgb_model).explain(claims, context)
-    return claims, context, IceExplainer(xgb_model).explain(claims, context)
+    rows = ClaimRows(xgb_model, frame=claims)
+    context.results["shap"] = ShapExplainer(xgb_model).explain(rows, context)
+    return claims, context, IceExplainer(xgb_model).explain(rows, context)
 
 
 def test_ice_curves_are_the_models_scores(xgb_model, ice_results):

@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from risklens.explainers.agreement import rank_agreement
-from risklens.explainers.base import ExplainContext
+from risklens.explainers.base import ClaimRows, ExplainContext
 from risklens.explainers.lime import DEFAULT_SAMPLES, LimeExplainer, weighted_ridge
 
 TOP_K = 3
@@ -25,8 +25,8 @@ def claims(synthetic):
 
 def test_same_seed_same_explanation(lime_xgb, claims):
     context = ExplainContext(top_k=TOP_K, device="cpu", seeds=[123] * len(claims))
-    first = lime_xgb.explain(claims, context)
-    second = lime_xgb.explain(claims, context)
+    first = lime_xgb.explain(ClaimRows(lime_xgb.model, frame=claims), context)
+    second = lime_xgb.explain(ClaimRows(lime_xgb.model, frame=claims), context)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a.feature_contributions, b.feature_contributions)
         assert (a.intercept, a.fit_score, a.stability, a.seed) == (b.intercept, b.fit_score, b.stability, b.seed)
@@ -55,7 +55,8 @@ def test_categoricals_are_declared(lime_xgb, xgb_model, claims):
     assert lime_xgb.lime.categorical_features == list(range(len(specs)))  # numbers discretised, rest declared
     declared = sorted(lime_xgb.space.categorical)
     assert declared == [i for i, s in enumerate(specs) if s.type != "numeric"]
-    result = lime_xgb.explain(claims.iloc[:1], ExplainContext(top_k=TOP_K, device="cpu", seeds=[9]))[0]
+    context = ExplainContext(top_k=TOP_K, device="cpu", seeds=[9])
+    result = lime_xgb.explain(ClaimRows(xgb_model, frame=claims.iloc[:1]), context)[0]
     fault = xgb_model.manifest.feature_names.index("fault")
     assert result.conditions[fault] == f"fault={claims.loc[0, 'fault']}"
     proto = result.to_proto()
@@ -94,7 +95,8 @@ def test_lime_on_fraud_oracle(fraud_oracle_model, fraud_oracle):
     X, _ = fraud_oracle
     explainer = LimeExplainer(fraud_oracle_model)
     claims = X.iloc[9000:9003].reset_index(drop=True)
-    results = explainer.explain(claims, ExplainContext(top_k=TOP_K, device="cpu", seeds=[1, 2, 3]))
+    results = explainer.explain(ClaimRows(fraud_oracle_model, frame=claims),
+                                ExplainContext(top_k=TOP_K, device="cpu", seeds=[1, 2, 3]))
     scores = fraud_oracle_model.predict_score(claims)
     for result, score in zip(results, scores):
         assert result.feature_contributions.shape == (len(fraud_oracle_model.manifest.features),)

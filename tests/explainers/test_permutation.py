@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from risklens.datasets import PLANTED_RULES
-from risklens.explainers.base import ExplainContext
+from risklens.explainers.base import ClaimRows, ExplainContext
 from risklens.explainers.permutation import PermutationExplainer
 from risklens.explainers.shap import ShapExplainer
 from risklens.registry.manifest import PERMUTATION_ARTIFACT
@@ -34,7 +34,7 @@ def test_planted_drivers_rank_first(xgb_model):
 
 
 def test_response_ranks_the_claims_top_features(xgb_model, synthetic):
-    claims = synthetic.X_hold.iloc[:5].reset_index(drop=True)
+    claims = ClaimRows(xgb_model, frame=synthetic.X_hold.iloc[:5].reset_index(drop=True))
     context = ExplainContext(top_k=3, device="cpu", seeds=[0] * 5)
     context.results["shap"] = ShapExplainer(xgb_model).explain(claims, context)
     explainer = PermutationExplainer(xgb_model)

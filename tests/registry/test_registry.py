@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from risklens.errors import ArtifactIntegrityError, ManifestError, ModelNotFound, SchemaError
 from risklens.registry import ModelRegistry, load_model_dir, validate_claim
-from risklens.registry.manifest import Manifest
+from risklens.registry.manifest import FeatureSpec, Manifest
 
 
 @pytest.fixture()
@@ -123,3 +126,41 @@ def test_yaml_files_read_as_pyyaml_safe_load_reads_them(demo_models_dir: Path, t
     for path in files:
         text = path.read_text()
         assert load_yaml(text) == yaml.safe_load(text), path.name
+
+
+def _feature_specs() -> st.SearchStrategy[list[FeatureSpec]]:
+    numeric = st.builds(FeatureSpec, type=st.just("numeric"), nullable=st.booleans())
+    boolean = st.builds(FeatureSpec, type=st.just("boolean"), nullable=st.booleans())
+    categorical = st.builds(FeatureSpec, type=st.just("categorical"), nullable=st.booleans(),
+                            encoding=st.sampled_from(["onehot", "ordinal"]),
+                            categories=st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=5, unique=True))
+    return st.lists(st.one_of(numeric, boolean, categorical), min_size=1, max_size=6).map(
+        lambda specs: [spec.model_copy(update={"name": f"f{i}"}) for i, spec in enumerate(specs)])
+
+
+def _valid_value(spec: FeatureSpec) -> st.SearchStrategy[Any]:
+    if spec.type == "numeric":
+        value = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**6, 10**6)
+    elif spec.type == "boolean":
+        value = st.booleans()
+    else:
+        value = st.sampled_from(spec.categories)
+    return st.none() | value if spec.nullable else value
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_encoding_straight_from_the_values_is_the_frames_encoding(data: st.DataObject) -> None:
+    """encode_columns (few claims, no pandas) gives encode_frame's matrix of the same claims' frame."""
+    import numpy as np
+
+    from risklens.registry.schema import columns_frame, encode_columns, encode_frame
+
+    manifest = Manifest(name="m", version="1", framework="xgboost", artifact="a", sha256="s",
+                        features=data.draw(_feature_specs()))
+    claims = data.draw(st.lists(st.fixed_dictionaries({s.name: _valid_value(s) for s in manifest.features}),
+                                min_size=1, max_size=12))
+    checked = [validate_claim(manifest, claim) for claim in claims]
+    columns = {name: [claim[name] for claim in checked] for name in manifest.feature_names}
+    expected = encode_frame(manifest, columns_frame(manifest, columns))
+    np.testing.assert_array_equal(encode_columns(manifest, columns), expected)

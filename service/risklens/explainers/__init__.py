@@ -5,7 +5,7 @@ results comes after it).
 """
 
 from risklens.explainers.agreement import AgreementExplainer, AgreementResult
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.explainers.ebm import EbmExplainer, EbmResult
 from risklens.explainers.ice import IceExplainer, IceResult
 from risklens.explainers.lime import LimeExplainer, LimeResult
@@ -21,6 +21,7 @@ __all__ = [
     "EXPLAINERS",
     "AgreementExplainer",
     "AgreementResult",
+    "ClaimRows",
     "EbmExplainer",
     "EbmResult",
     "ExplainContext",

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-import pandas as pd
 
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.v1 import risklens_pb2 as pb
 
@@ -110,11 +109,11 @@ class AgreementExplainer(Explainer):
 
         return LimeExplainer.supports(model) or EbmExplainer.supports(model)
 
-    def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[AgreementResult]:
+    def explain(self, claims: ClaimRows, context: ExplainContext) -> list[AgreementResult]:
         methods = [m for m in ("shap", "lime", "ebm") if m in context.results]
         k = max(1, context.top_k)
         results = []
-        for row in range(len(frame)):
+        for row in range(len(claims)):
             attributions = {m: feature_attributions(m, context.results[m][row]) for m in methods}
             pairs = [(a, b, rank_agreement(attributions[a], attributions[b], k)) for a, b in combinations(methods, 2)]
             disagree = any(v < context.agreement_threshold for _, _, v in pairs)

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.registry.adapters import EBMAdapter
 from risklens.registry.manifest import FIDELITY_ARTIFACT, SURROGATE_ARTIFACT
@@ -88,20 +87,20 @@ class EbmExplainer(Explainer):
     def supports(cls, model: LoadedModel) -> bool:
         return model.kind == "additive" or (SURROGATE_ARTIFACT in model.extras and FIDELITY_ARTIFACT in model.extras)
 
-    def term_scores(self, frame: pd.DataFrame) -> np.ndarray:
+    def term_scores(self, claims: ClaimRows) -> np.ndarray:
         """(rows, terms) local term scores on the logit scale."""
         if self.surrogate:
-            data = frame[list(self.ebm.feature_names_in_)].reset_index(drop=True)
+            data = claims.frame[list(self.ebm.feature_names_in_)].reset_index(drop=True)
         else:
-            data = EBMAdapter.frame(self.ebm, self.model.model_matrix(frame))
+            data = EBMAdapter.frame(self.ebm, claims.matrix)
         return np.asarray(self.ebm.eval_terms(data), dtype="float64")
 
-    def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[EbmResult]:
-        scores = self.term_scores(frame)
+    def explain(self, claims: ClaimRows, context: ExplainContext) -> list[EbmResult]:
+        scores = self.term_scores(claims)
         intercept = float(np.asarray(self.ebm.intercept_).reshape(-1)[0])
         per_feature = scores @ self._share
         results = []
-        for row in range(len(frame)):
+        for row in range(len(claims)):
             terms = [EbmTerm(self._term_names[t], self._term_features[t], float(scores[row, t]))
                      for t in range(scores.shape[1])]
             results.append(EbmResult(

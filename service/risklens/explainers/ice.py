@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.registry.manifest import PDP_ARTIFACT
 from risklens.v1 import risklens_pb2 as pb
@@ -129,9 +129,10 @@ class IceExplainer(Explainer):
         step = min(at, len(grid) - 2)
         return slope_direction(float(ice[step + 1] - ice[step]))
 
-    def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[IceResult]:
+    def explain(self, claims: ClaimRows, context: ExplainContext) -> list[IceResult]:
         from risklens.registry.registration import with_feature_values
 
+        frame = claims.frame
         names = self.model.manifest.feature_names
         shap_results = context.results["shap"]
         k = max(1, context.top_k)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from risklens.explainers.agreement import rank_agreement
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.v1 import risklens_pb2 as pb
 
@@ -268,9 +268,9 @@ class LimeExplainer(Explainer):
                 seed=int(seed), num_samples=num_samples))
         return results
 
-    def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[LimeResult]:
+    def explain(self, claims: ClaimRows, context: ExplainContext) -> list[LimeResult]:
         num_samples = context.lime_samples or DEFAULT_SAMPLES
-        return self.explain_table(self.space.encode(frame), context.seeds, num_samples, max(1, context.top_k))
+        return self.explain_table(self.space.encode(claims.frame), context.seeds, num_samples, max(1, context.top_k))
 
     # ------------------------------------------------------------------ plain lime, for comparison
 

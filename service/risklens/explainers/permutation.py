@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.registry.manifest import PERMUTATION_ARTIFACT
 from risklens.v1 import risklens_pb2 as pb
@@ -60,7 +59,7 @@ class PermutationExplainer(Explainer):
     def global_ranking(self) -> list[PermutationRank]:
         return sorted(self.ranks.values(), key=lambda r: r.global_rank)
 
-    def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[PermutationResult]:
+    def explain(self, claims: ClaimRows, context: ExplainContext) -> list[PermutationResult]:
         names = self.model.manifest.feature_names
         k = max(1, context.top_k)
         results = []

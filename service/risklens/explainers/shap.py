@@ -15,10 +15,9 @@ from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from risklens.errors import RiskLensError, UnsupportedModel
-from risklens.explainers.base import ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.trees import TreeShap
 
@@ -110,9 +109,9 @@ class ShapExplainer(Explainer):
     def supports(cls, model: LoadedModel) -> bool:
         return model.kind in ("tree", "linear", "additive")
 
-    def attributions(self, frame: pd.DataFrame, device: str = "auto") -> tuple[np.ndarray, float, np.ndarray, str, str]:
-        """(values per feature (n, f), base value, raw output (n,), engine, device used)."""
-        matrix = self.model.model_matrix(frame)
+    def attributions(self, matrix: np.ndarray, device: str = "auto") -> tuple[np.ndarray, float, np.ndarray, str, str]:
+        """(values per feature (n, f), base value, raw output (n,), engine, device used) of rows of
+        the model matrix."""
         framework_raw = self.model.raw_from_matrix(matrix)
         used = "cpu"
         if self._tree is not None:
@@ -135,8 +134,8 @@ class ShapExplainer(Explainer):
                      f"SHAP local accuracy (base + sum vs raw output) of model {self.model.name!r}")
         return values, base, raw, engine, used
 
-    def explain(self, frame: pd.DataFrame, context: ExplainContext) -> list[ShapResult]:
-        values, base, raw, engine, device = self.attributions(frame, context.device)
+    def explain(self, claims: ClaimRows, context: ExplainContext) -> list[ShapResult]:
+        values, base, raw, engine, device = self.attributions(claims.matrix, context.device)
         space = self.model.output_space
         rows = zip(values, repeat(base), raw.tolist(), repeat(space), repeat(engine), repeat(device))
         return list(map(partial(tuple.__new__, ShapResult), rows))  # no Python frame a claim

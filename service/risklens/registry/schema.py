@@ -284,3 +284,38 @@ def encode_frame(manifest: Manifest, frame: pd.DataFrame) -> np.ndarray:
                 onehot[np.isnan(codes)] = np.nan
                 blocks.append(onehot)
     return np.hstack(blocks) if blocks else np.empty((len(frame), 0))
+
+
+def encode_columns(manifest: Manifest, columns: Mapping[str, Sequence[FeatureValue]]) -> np.ndarray:
+    """Validated feature columns -> the model matrix, in plain Python: ``encode_frame`` of their
+    ``columns_frame``, value for value, without pandas.
+
+    For a few claims (a reviewer's Explain call) building the frame and encoding it column by
+    column cost ~2 ms, several times the TreeSHAP itself; this takes tens of microseconds. Long
+    columns are faster through the frame (Arrow looks text categories up a column at a time).
+    """
+    specs = manifest.features
+    rows = len(columns[specs[0].name]) if specs else 0
+    width = sum(len(s.categories) if s.type == "categorical" and s.encoding == "onehot" else 1 for s in specs)
+    matrix = np.zeros((rows, width))
+    j = 0
+    for spec in specs:
+        values = columns[spec.name]
+        if spec.type == "numeric":
+            matrix[:, j] = [np.nan if v is None else v for v in values]
+        elif spec.type == "boolean":
+            matrix[:, j] = [_BOOLEAN_CODES.get(v, np.nan) for v in values]  # type: ignore[arg-type]
+        else:
+            index = {category: i for i, category in enumerate(spec.categories)}
+            codes = [index.get(v, -1) for v in values]  # type: ignore[arg-type]  # -1: missing
+            if spec.encoding == "ordinal":
+                matrix[:, j] = [np.nan if code < 0 else code for code in codes]
+            else:
+                for row, code in enumerate(codes):
+                    if code < 0:
+                        matrix[row, j:j + len(index)] = np.nan
+                    else:
+                        matrix[row, j + code] = 1.0
+                j += len(index) - 1
+        j += 1
+    return matrix
