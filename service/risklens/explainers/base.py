@@ -14,17 +14,12 @@ import pandas as pd
 from risklens.registry import LoadedModel
 from risklens.registry.schema import FeatureValue, columns_frame, encode_columns
 
-# Up to this many claims the model matrix is encoded straight from the validated values; longer
-# tables go through their frame, whose text columns Arrow looks up a column at a time.
-_DIRECT_ENCODING_MAX_ROWS = 256
-
 
 class ClaimRows:
     """Validated claims in the forms the methods take, each built on first use: the raw-feature frame
     (pandas: LIME, ICE, EBM surrogates, pipelines) and the model matrix (SHAP, native EBMs).
 
-    A reviewer's single-claim Explain with SHAP alone never builds the frame: for one claim, making
-    the frame and encoding it took ~2 ms, several times its TreeSHAP.
+    SHAP alone never builds the frame: the matrix is encoded from the values (``encode_columns``).
     """
 
     def __init__(self, model: LoadedModel, columns: Mapping[str, Sequence[FeatureValue]] | None = None, *,
@@ -52,7 +47,7 @@ class ClaimRows:
     @cached_property
     def matrix(self) -> np.ndarray:
         """The float64 matrix the model's final estimator takes."""
-        if self.columns is None or self.model.is_pipeline or self._rows > _DIRECT_ENCODING_MAX_ROWS:
+        if self.columns is None or self.model.is_pipeline:
             return self.model.model_matrix(self.frame)
         return encode_columns(self.model.manifest, self.columns)
 
