@@ -258,7 +258,7 @@ class ExplainService:
         for method in methods:
             context.results[method] = self.explainer(model, method).explain(rows, context)
         shap_rows: list[ShapResult] = context.results["shap"]
-        values = np.vstack([result.values for result in shap_rows])
+        values = np.array([result.values for result in shap_rows])  # np.vstack: ~3x the time a row
         manifest = model.manifest
         scores = model.score_from_raw(np.array([result.raw_score for result in shap_rows])).tolist()
         order = np.argsort(-np.abs(values), axis=1, kind="stable")

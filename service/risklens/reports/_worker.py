@@ -265,7 +265,7 @@ def _results_table(explained: list[tuple[int, Explanation]], source_rows: list[i
     }
     if labels is not None:
         columns["label"] = pa.array([labels[position] for position, _ in explained], pa.float64())
-    shap = np.vstack([e.shap_values for e in rows]) if rows else np.empty((0, len(feature_names)))
+    shap = np.array([e.shap_values for e in rows]) if rows else np.empty((0, len(feature_names)))
     columns.update({f"shap{CONTRIBUTION_SEPARATOR}{name}": pa.array(shap[:, j]) for j, name in enumerate(feature_names)})
     table = pa.table(columns)
     extras = [_method_columns(e, feature_names) for e in rows]
