@@ -42,7 +42,8 @@ class ClaimRows:
 
     @cached_property
     def frame(self) -> pd.DataFrame:
-        return columns_frame(self.model.manifest, self.columns)  # type: ignore[arg-type]  # set when None
+        # Only reached with columns: a ClaimRows made from a frame has its frame set.
+        return columns_frame(self.model.manifest, self.columns)  # type: ignore[arg-type]
 
     @cached_property
     def matrix(self) -> np.ndarray:

@@ -286,6 +286,10 @@ def encode_frame(manifest: Manifest, frame: pd.DataFrame) -> np.ndarray:
     return np.hstack(blocks) if blocks else np.empty((len(frame), 0))
 
 
+# Up to this many claims, one-hot rows are set one by one: NumPy's per-call cost outweighs the loop.
+_FEW_ROWS = 8
+
+
 def encode_columns(manifest: Manifest, columns: Mapping[str, Sequence[FeatureValue]]) -> np.ndarray:
     """Validated feature columns -> the model matrix: ``encode_frame`` of their ``columns_frame``,
     value for value, without building the frame.
@@ -330,6 +334,3 @@ def encode_columns(manifest: Manifest, columns: Mapping[str, Sequence[FeatureVal
             block[missing] = np.nan
         j += len(index)
     return matrix
-
-
-_FEW_ROWS = 8  # below this, one-hot rows are set one by one: NumPy's per-call cost outweighs the loop
