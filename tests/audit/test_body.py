@@ -248,8 +248,11 @@ def test_bodies_of_a_chunk_are_each_claims_body(chunk: list[Explanation], explan
     zeros = [dataclasses.replace(chunk[4], score=0.0), dataclasses.replace(chunk[5], base_value=-0.0)]
     # and claims with fewer reason codes than the others, or none
     fewer = [dataclasses.replace(chunk[6], reason_codes=[]), dataclasses.replace(chunk[7], reason_codes=chunk[7].reason_codes[:1])]
-    mixed = [*chunk[:20], edges[0], *chunk[20:30], zero_weight, *zeros, *fewer, *edges[1:], explanations[-1],
-             *chunk[30:]]
+    # and texts JSON must escape (quotes, backslashes, control characters), non-ASCII, a repeated id
+    escaped = [dataclasses.replace(chunk[8], claim_id='claim "8"\\\x01 ü', rationale=chunk[8].rationale + '\n"q" — ü\x1f'),
+               dataclasses.replace(chunk[9], claim_id='claim "8"\\\x01 ü')]
+    mixed = [*chunk[:20], edges[0], *chunk[20:30], zero_weight, *zeros, *fewer, *escaped, *edges[1:],
+             explanations[-1], *chunk[30:]]
     for batch in (chunk, mixed, [*value_type_cases(chunk), *chunk[7:]], chunk[:_COLUMNAR_FROM - 1]):
         assert write_bodies(batch, [e.claim for e in batch], policy) == \
             [write_body(e, e.claim, policy) for e in batch]

@@ -360,6 +360,18 @@ def _columnar_rows(explanations: Sequence[Explanation], claims: Sequence[Mapping
     return rows, scalars
 
 
+def _json_strings(texts: Sequence[str]) -> list[bytes]:
+    """Each text as orjson writes it, a JSON string, in a bytes object of its own size.
+
+    orjson returns even a short text in a 4 KiB allocation. Kept for a chunk's five per-claim text
+    columns, those held 41 MB for 2,000 claims: the bodies' peak memory was 64 MB, 24 with the
+    copies, and a process's first chunk took 16,500 page faults instead of 6,800. (Throughput did
+    not change measurably: later chunks reuse the memory.)
+    """
+    distinct = {text: memoryview(orjson.dumps(text)).tobytes() for text in dict.fromkeys(texts)}
+    return list(map(distinct.__getitem__, texts))
+
+
 class _Pieces:
     """Every text of a batch of bodies, each once; a body is a row of positions in ``texts``."""
 
@@ -471,7 +483,6 @@ def _write_columnar(explanations: list[Explanation], claims: list[Mapping[str, A
 
     # The explanation's members in name order, then the input.
     scalar = pieces.add(_double_texts(scalars)) + 4 * np.arange(count, dtype=np.int32)
-    dumps = orjson.dumps
     model = model_json(manifest.name, manifest.version, manifest.sha256, manifest.framework).encode("utf-8")
     codes = _reason_code_columns(pieces, [e.reason_codes for e in explanations])
     listed = np.flatnonzero([bool(e.reason_codes) for e in explanations])
@@ -479,14 +490,14 @@ def _write_columnar(explanations: list[Explanation], claims: list[Mapping[str, A
     codes_open[listed], codes_close[listed] = pieces.add([b',"reason_codes":[']), pieces.add([b"]"])
     layout = [
         pieces.same(b'{"explanation":{"base_value":', count), scalar,
-        pieces.same(b',"claim_id":', count), pieces.column([dumps(e.claim_id) for e in explanations]),
+        pieces.same(b',"claim_id":', count), pieces.column(_json_strings([e.claim_id for e in explanations])),
         pieces.same(b',"contributions":[', count), contributions.reshape(count, 3 * width),
-        pieces.same(b'],"decision":', count), pieces.column([dumps(e.decision) for e in explanations]),
+        pieces.same(b'],"decision":', count), pieces.column(_json_strings([e.decision for e in explanations])),
         pieces.same(b',"model":' + model + b',"output_space":', count),
-        pieces.column([dumps(_OUTPUT_SPACE_NAMES[e.output_space]) for e in explanations]),
-        pieces.same(b',"rationale":', count), pieces.column([dumps(e.rationale) for e in explanations]),
+        pieces.column(_json_strings([_OUTPUT_SPACE_NAMES[e.output_space] for e in explanations])),
+        pieces.same(b',"rationale":', count), pieces.column(_json_strings([e.rationale for e in explanations])),
         pieces.same(b',"raw_score":', count), scalar + 1, codes_open, *codes, codes_close,
-        pieces.same(b',"receipt_id":', count), pieces.column([dumps(e.receipt_id) for e in explanations]),
+        pieces.same(b',"receipt_id":', count), pieces.column(_json_strings([e.receipt_id for e in explanations])),
         pieces.same(b',"score":', count), scalar + 2,
         pieces.same(b',"settings":', count),
         pieces.column([_settings_text(e).encode("utf-8") for e in explanations]),
