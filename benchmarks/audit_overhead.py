@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 from _loopback import free_port
+from _machine import cpu_ticks, steal_share
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 16
@@ -169,6 +170,27 @@ def record_alone(calls: int) -> list[float]:
     return timings
 
 
+def bare_fdatasync(calls: int, gap_seconds: float) -> list[float]:
+    """os.fdatasync of a 4 KiB overwrite in a preallocated file, in the store's directory: the floor
+    of a durable commit on this disk. ``gap_seconds`` apart: on this VM a sync after the disk has
+    been idle for a few milliseconds took about twice as long as one right after another."""
+    with tempfile.TemporaryDirectory(dir=REPO / ".cache") as directory:
+        fd = os.open(Path(directory) / "sync.bin", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, bytes(64 * 4096), 0)
+            os.fsync(fd)
+            timings = []
+            for call in range(calls):
+                os.pwrite(fd, os.urandom(4096), (call % 64) * 4096)
+                began = time.perf_counter()
+                os.fdatasync(fd)
+                timings.append(time.perf_counter() - began)
+                time.sleep(gap_seconds)
+        finally:
+            os.close(fd)
+    return timings
+
+
 def record_concurrent(calls_per_thread: int) -> tuple[list[float], float]:
     """AuditStore.record() of one explanation per call from 16 threads at once (group commit)."""
     from risklens.audit import open_store
@@ -220,7 +242,7 @@ def main() -> None:
     os.environ.setdefault("RISKLENS_AUDIT_HMAC_KEY", "benchmark-hmac-key")
     (REPO / ".cache").mkdir(exist_ok=True)
 
-    load_before = os.getloadavg()
+    load_before, ticks_before = os.getloadavg(), cpu_ticks()
     batch = requests(max(args.calls, CLIENTS * args.concurrent_calls), 99)
     passes: list[dict[str, Any]] = []
     results: dict[bool, dict[str, list[float] | float]] = {
@@ -250,8 +272,10 @@ def main() -> None:
                     process.terminate()
                     process.wait(timeout=60)
     alone = record_alone(args.calls)
+    syncs = {gap: stats(bare_fdatasync(args.calls // 4, gap)) for gap in (0.0, 0.004)}
     together, together_throughput = record_concurrent(max(1, args.calls // CLIENTS))
-    load_after = os.getloadavg()
+    load_after, steal = os.getloadavg(), steal_share(ticks_before, cpu_ticks())
+    steal_text = "" if steal is None else f"; {steal:.0%} of the CPU time went to the host's other guests (steal)"
 
     seq_on, seq_off = stats(results[True]["sequential"]), stats(results[False]["sequential"])
     pass_medians = [float(np.median(run["blocks"])) for run in passes]
@@ -267,8 +291,8 @@ def main() -> None:
         "Two `risklens serve` processes (audit on / off) on loopback, demo-xgb, SHAP only. Sequential calls "
         "alternate between them call by call, the same claim to both; two passes with fresh servers started in "
         "either order, one concurrent round per server per pass. Absolute numbers drift on this shared VM "
-        f"(1-minute load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end); the paired "
-        "block differences are the steadier overhead estimate.",
+        f"(1-minute load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end{steal_text}); "
+        "the paired block differences are the steadier overhead estimate.",
         "",
         "| scenario | audit | p50 ms | p99 ms | throughput /s |",
         "|---|---|---:|---:|---:|",
@@ -281,6 +305,10 @@ def main() -> None:
         f"| `AuditStore.record()` alone, 1 explanation ({len(alone)} calls) | - | {rec[0]:.2f} | {rec[1]:.2f} | |",
         f"| `AuditStore.record()` from 16 threads ({len(together)} calls) | - | {rec16[0]:.2f} | {rec16[1]:.2f} "
         f"| {together_throughput:.0f} |",
+        f"| bare `fdatasync` of a 4 KiB overwrite, back to back ({args.calls // 4} calls) | - | {syncs[0.0][0]:.2f} "
+        f"| {syncs[0.0][1]:.2f} | |",
+        f"| the same, 4 ms apart, as between sequential calls ({args.calls // 4} calls) | - | {syncs[0.004][0]:.2f} "
+        f"| {syncs[0.004][1]:.2f} | |",
         "",
         f"Added p50 latency, sequential: **{float(np.mean(pass_medians)) * 1e3:+.2f} ms** (target <= 1 ms): the mean "
         "of the two passes' medians over blocks of "
