@@ -7,6 +7,9 @@ Trains a 500-tree XGBoost (depth 4) on fraud_oracle, then on the same rows measu
   Parquet output, audit records in SQLite, checkpoints) with 1 and 2 local workers, SHAP only
   (no extra methods, no report), timed end to end: model load, worker start-up and the merge included.
 
+Each measurement also records the share of the machine's CPU time the hypervisor gave to other
+guests meanwhile (steal) and the CPU time it took, for claims per CPU second.
+
 Every measurement runs in a fresh Python process, as ``risklens audit run`` does: a process that
 has already run OpenMP or numba kernels (this one trained the model) would have to spawn its
 workers instead of forking them (see ``risklens.reports._runner``). Imports happen before the clock
@@ -99,8 +102,7 @@ def measure_run(work: Path, workers: int, tag: str) -> dict:
     engine = pd.read_parquet(result.claims_path, columns=["shap_engine"])["shap_engine"].iloc[0]
     return {"rate": result.explained / wall, "phase": result.claims_per_second,
             "warm": result.warm_claims_per_second, "steal": steal, "per_cpu_second": result.explained / cpu,
-            "engine": engine,
-            "start": run.get("worker_start") or "-",
+            "engine": engine, "start": run.get("worker_start") or "-",
             "chunks_by_worker": json.loads((out / "summary.json").read_text())["chunks_by_worker"]}
 
 
