@@ -28,7 +28,7 @@ from risklens.explainers.shap import ShapResult
 from risklens.rationale import ReasonCode, ReasonCodeSelector, load_catalogue, render_rationale
 from risklens.registry import LoadedModel, ModelRegistry, validate_claim
 from risklens.registry.schema import FeatureValue, validate_columns
-from risklens.settings import Settings
+from risklens.settings import MAX_TOP_K, Settings
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +231,33 @@ class ExplainService:
 
     def _resolve_options(self, model: LoadedModel, options: ExplainOptions) -> tuple[tuple[str, ...], str, int]:
         methods = self.resolve_methods(model, options.methods)
-        device = (options.device or self.settings.device).lower()
-        if device not in DEVICES:
+        device, top_k = self.resolve_device(options.device), self.resolve_top_k(options.top_k)
+        self.check_lime_samples(options.lime_samples)
+        return methods, device, top_k
+
+    def resolve_device(self, device: str) -> str:
+        """A request's device ("" for the setting), checked."""
+        resolved = (device or self.settings.device).lower()
+        if resolved not in DEVICES:
             raise InvalidRequest(f"device must be one of {DEVICES}, got {device!r}", field="options.device")
-        return methods, device, options.top_k or self.settings.top_k
+        return resolved
+
+    def resolve_top_k(self, top_k: int) -> int:
+        """A request's reasons per claim (0 for the setting), checked."""
+        if not 0 <= top_k <= MAX_TOP_K:
+            raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K} (0: the server's default), got {top_k}",
+                                 field="options.top_k")
+        return top_k or self.settings.top_k
+
+    @staticmethod
+    def check_lime_samples(lime_samples: int) -> None:
+        """Refuse a LIME sample count (0: the default) outside the bounds a fit needs and a server affords."""
+        from risklens.explainers.lime import DEFAULT_SAMPLES, MAX_SAMPLES, MIN_SAMPLES
+
+        if lime_samples and not MIN_SAMPLES <= lime_samples <= MAX_SAMPLES:
+            raise InvalidRequest(f"lime_samples must be between {MIN_SAMPLES:,} and {MAX_SAMPLES:,} "
+                                 f"(0: the default, {DEFAULT_SAMPLES:,}), got {lime_samples:,}",
+                                 field="options.lime_samples")
 
     @staticmethod
     def _log_outcomes(model: LoadedModel, methods: tuple[str, ...], explained: int, rejected: int) -> None:

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 
+# Messages and field names often quote what a caller sent (a feature or model name): clipped, a
+# 20,000-character name cannot push a status past gRPC's 16 KiB metadata limit (the client would
+# see RESOURCE_EXHAUSTED instead of the error) or flood a log line.
+MAX_MESSAGE_CHARS = 2000
+MAX_FIELD_CHARS = 200
+
+
+def _clipped(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 class RiskLensError(Exception):
     """Base class. ``code`` is a gRPC status code name; ``field`` names the offending input, if any."""
 
     code: str = "INTERNAL"
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
+        message = _clipped(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.field = None if field is None else _clipped(field, MAX_FIELD_CHARS)
 
 
 class ModelNotFound(RiskLensError):

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MAX_TOP_K = 20  # reasons per claim: a request's top_k is held to the same bound as the setting
+
 
 class Settings(BaseSettings):
     """Service configuration. Every field can be set as ``RISKLENS_<FIELD>`` in the environment."""
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
     workers: int = Field(8, ge=1, description="gRPC worker threads.")
     max_batch_size: int = Field(1000, ge=1, description="Largest ExplainBatch accepted (RESOURCE_EXHAUSTED above).")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="gRPC send/receive message size limit.")
-    top_k: int = Field(3, ge=1, le=20, description="Reasons that raise risk shown in reason codes and rationale.")
+    top_k: int = Field(3, ge=1, le=MAX_TOP_K, description="Reasons that raise risk shown in reason codes and rationale.")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="TreeSHAP engine device.")
     shutdown_grace_seconds: float = Field(5.0, ge=0, description="Time in-flight calls get to finish on stop.")
     audit_url: str | None = Field(

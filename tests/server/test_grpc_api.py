@@ -102,11 +102,13 @@ def test_nullable_feature_accepts_null(demo_stub, early_claim):
 
 
 def test_unknown_model_and_version_are_not_found(demo_stub, early_claim):
-    for request in (pb.ExplainRequest(model="no-such-model", features=claim_features(early_claim)),
-                    pb.ExplainRequest(model="demo-xgb", version="9.9", features=claim_features(early_claim))):
+    for request, field in ((pb.ExplainRequest(model="no-such-model", features=claim_features(early_claim)), "model"),
+                           (pb.ExplainRequest(model="demo-xgb", version="9.9", features=claim_features(early_claim)),
+                            "version")):
         with pytest.raises(grpc.RpcError) as info:
             demo_stub.Explain(request)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert field_violation(info.value) == field
     with pytest.raises(grpc.RpcError) as info:
         demo_stub.GetModel(pb.GetModelRequest(name="no-such-model"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-model" in info.value.details()
@@ -144,6 +146,48 @@ def test_oversize_batch_is_resource_exhausted(demo_stub, early_claim):
         demo_stub.ExplainBatch(pb.ExplainBatchRequest(model="demo-xgb", claims=claims))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "51" in info.value.details() and "50" in info.value.details()
+    assert field_violation(info.value) == "claims"
+
+
+@pytest.mark.parametrize(
+    ("methods", "options", "field", "fragment"),
+    [
+        (["lime"], pb.ExplainOptions(lime_samples=4_294_967_295), "options.lime_samples", "between 100 and 20,000"),
+        (["lime"], pb.ExplainOptions(lime_samples=1), "options.lime_samples", "got 1"),
+        ([], pb.ExplainOptions(top_k=21), "options.top_k", "between 1 and 20"),
+        ([], pb.ExplainOptions(device="tpu"), "options.device", "'tpu'"),
+    ],
+)
+def test_out_of_bounds_options_are_invalid_argument_naming_the_option(demo_stub, early_claim, methods, options,
+                                                                      field, fragment):
+    with pytest.raises(grpc.RpcError) as info:
+        demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", methods=methods, options=options,
+                                            features=claim_features(early_claim)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violation(info.value) == field and fragment in info.value.details()
+
+
+def test_lime_at_the_sample_bounds_is_explained(demo_stub, early_claim):
+    for samples in (100, 20_000):
+        response = demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", methods=["lime"], features=claim_features(
+            early_claim), options=pb.ExplainOptions(lime_samples=samples, seed=3)))
+        assert response.lime.num_samples == samples and 0 < response.lime.fit_score <= 1
+
+
+def test_a_huge_caller_supplied_name_is_clipped_not_resource_exhausted(demo_stub, early_claim):
+    """Names the caller chose are quoted in errors: clipped, a 20,000-character one still gets its own
+    status (unclipped it passed gRPC's 16 KiB metadata limit: RESOURCE_EXHAUSTED at the client)."""
+    huge = "x" * 20_000
+    for request, code in ((pb.ExplainRequest(model="demo-xgb", features={**claim_features(early_claim),
+                                                                          huge: value_to_proto(1.0)}),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (pb.ExplainRequest(model=huge, features=claim_features(early_claim)),
+                           grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.RpcError) as info:
+            demo_stub.Explain(request)
+        assert info.value.code() == code
+        assert "more characters)" in info.value.details() and len(info.value.details()) < 2_100
+        assert len(field_violation(info.value)) < 230
 
 
 def test_stream_returns_one_item_per_claim_and_survives_bad_ones(demo_stub, early_claim):
@@ -158,6 +202,40 @@ def test_stream_returns_one_item_per_claim_and_survives_bad_ones(demo_stub, earl
     assert [i.WhichOneof("outcome") for i in items] == ["result", "error", "error", "result"]
     assert items[1].error.code == "NOT_FOUND"
     assert items[2].error.code == "INVALID_ARGUMENT" and items[2].error.field == "fault"
+
+
+def test_stream_reports_an_unexpected_failure_for_its_item_and_goes_on(grpc_server_factory, demo_models_dir,
+                                                                       early_claim, caplog):
+    """A failure of ours (not a bad claim) in one stream item: INTERNAL for that item, the rest explained."""
+    from risklens.core import ExplainService
+    from risklens.registry import ModelRegistry
+    from risklens.server import start_server
+    from risklens.settings import Settings
+    from risklens.v1 import risklens_pb2_grpc as pb_grpc
+
+    class FailingOnce(ExplainService):
+        """Fault injection: the core fails, as a bug would, for the claim id "boom"."""
+
+        def explain(self, model_name, features, *, claim_id="", **kwargs):
+            if claim_id == "boom":
+                raise RuntimeError("injected failure")
+            return super().explain(model_name, features, claim_id=claim_id, **kwargs)
+
+    settings = Settings(models_dir=demo_models_dir, host="127.0.0.1", port=0, audit_enabled=False)
+    running = start_server(settings, FailingOnce(ModelRegistry.from_directory(demo_models_dir), settings))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            requests = [pb.ExplainRequest(model="demo-xgb", claim_id=claim_id, features=claim_features(early_claim))
+                        for claim_id in ("a", "boom", "b")]
+            with caplog.at_level("ERROR", logger="risklens"):
+                items = list(pb_grpc.RiskLensStub(channel).ExplainStream(iter(requests)))
+    finally:
+        running.stop()
+    assert [(i.claim_id, i.WhichOneof("outcome")) for i in items] == [("a", "result"), ("boom", "error"),
+                                                                      ("b", "result")]
+    assert items[1].error.code == "INTERNAL" and "item 1" in items[1].error.message
+    assert "injected failure" not in items[1].error.message  # details stay in the server log
+    assert any("ExplainStream item 1 failed unexpectedly" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 def test_health_and_reflection(demo_server):
@@ -183,3 +261,13 @@ def test_logs_never_carry_claim_values(demo_stub, early_claim, caplog):
     assert "explained 1 claim(s)" in logged and "INVALID_ARGUMENT" in logged
     for raw in ("87654", "87,654", "secret-category-value"):
         assert raw not in logged
+
+
+def test_a_newline_in_a_field_name_cannot_forge_a_log_line(demo_stub, early_claim, caplog):
+    forged = "x\n2026-12-03 00:00:00,000 CRITICAL risklens: forged"
+    with caplog.at_level("INFO", logger="risklens"), pytest.raises(grpc.RpcError) as info:
+        demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", features={**claim_features(early_claim),
+                                                                         forged: value_to_proto(1.0)}))
+    assert field_violation(info.value) == forged
+    logged = [r.getMessage() for r in caplog.records if "INVALID_ARGUMENT" in r.getMessage()]
+    assert logged and all("\n" not in line for line in logged)

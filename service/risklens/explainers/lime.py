@@ -32,6 +32,13 @@ from risklens.v1 import risklens_pb2 as pb
 # Chosen by benchmarks/lime_speed.py (see docs/methods.md): the smallest sample count whose top-k
 # agreement with 5,000-sample lime matches 5,000-sample lime's own seed-to-seed agreement.
 DEFAULT_SAMPLES = 1000
+# Bounds on a request's sample count: below the lower one the local fit has fewer points than a
+# wide schema has features (a fit of 1 or 2 samples reported a perfect score); the upper one is
+# 4x lime's own default, so one claim costs at most a few MB and a fraction of a second.
+MIN_SAMPLES, MAX_SAMPLES = 100, 20_000
+# Neighbourhood rows sampled and scored per model call: a batch's memory stays bounded however
+# many claims (and reruns) it holds.
+_ROWS_PER_CALL = 1 << 18
 # Reruns with other seeds behind the stability score.
 STABILITY_RERUNS = 3
 _SEED_MASK = (1 << 32) - 1
@@ -251,10 +258,13 @@ class LimeExplainer(Explainer):
         for row, seed in enumerate(seeds):
             jobs.append((row, seed))
             jobs += [(row, rerun_seed(seed, r)) for r in range(1, reruns + 1)]
-        samples = [self.neighbourhood(table[row], seed, num_samples) for row, seed in jobs]
-        predictions = self.space.scores(np.vstack([sample for _, sample in samples]))
-        fits = [weighted_ridge(data, predictions[i * num_samples:(i + 1) * num_samples], self.kernel(data))
-                for i, (data, _) in enumerate(samples)]
+        jobs_per_call = max(1, _ROWS_PER_CALL // num_samples)
+        fits = []
+        for first in range(0, len(jobs), jobs_per_call):
+            samples = [self.neighbourhood(table[row], seed, num_samples) for row, seed in jobs[first:first + jobs_per_call]]
+            predictions = self.space.scores(np.vstack([sample for _, sample in samples]))
+            fits += [weighted_ridge(data, predictions[i * num_samples:(i + 1) * num_samples], self.kernel(data))
+                     for i, (data, _) in enumerate(samples)]
         results = []
         per_row = reruns + 1
         for row, seed in enumerate(seeds):

@@ -40,10 +40,20 @@ def rich_status(error: RiskLensError) -> grpc.Status:
 
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     if isinstance(exc, RiskLensError):
-        log.info("%s -> %s (field %s)", method, exc.code, exc.field or "-")
+        # %r: a field is often a name the caller chose; quoted, a newline in it cannot forge a log line.
+        log.info("%s -> %s (field %r)", method, exc.code, exc.field or "-")
         context.abort_with_status(rich_status(exc))
     log.exception("%s failed unexpectedly", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
+
+
+def item_error(exc: Exception, method: str, index: int) -> RiskLensError:
+    """The per-item error for one item of a stream: a RiskLensError as it is; anything else (a bug)
+    logged with its traceback and reported as INTERNAL for that item alone, so the stream goes on."""
+    if isinstance(exc, RiskLensError):
+        return exc
+    log.exception("%s item %d failed unexpectedly", method, index)
+    return RiskLensError(f"internal error in {method} item {index}; see server log")
 
 
 def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,7 +8,7 @@ import grpc
 
 from risklens.core import ClaimInput, ExplainService
 from risklens.errors import AuditUnavailable, RiskLensError
-from risklens.server.errors import error_detail, grpc_errors
+from risklens.server.errors import error_detail, grpc_errors, item_error
 from risklens.v1 import risklens_pb2 as pb
 from risklens.v1 import risklens_pb2_grpc as pb_grpc
 from risklens.wire import features_from_proto, model_info, options_from_proto
@@ -37,14 +37,14 @@ class RiskLensServicer(pb_grpc.RiskLensServicer):
     @grpc_errors
     def ExplainStream(self, request_iterator: Iterator[pb.ExplainRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.BatchItem]:
-        # Errors are per item: a bad claim (or unknown model) in the stream never ends the stream.
+        # Errors are per item: a bad claim (or unknown model, or a failure of ours) never ends the stream.
         for index, request in enumerate(request_iterator):
             try:
                 outcome = self.service.explain(
                     request.model, features_from_proto(request.features), claim_id=request.claim_id,
                     version=request.version, options=options_from_proto(list(request.methods), request.options))
-            except RiskLensError as exc:
-                outcome = exc
+            except Exception as exc:  # noqa: BLE001 - reported for this item, never swallowed
+                outcome = item_error(exc, "ExplainStream", index)
             yield _batch_item(index, request.claim_id, outcome)
 
     @grpc_errors
