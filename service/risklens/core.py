@@ -125,6 +125,11 @@ class ExplainService:
         self._selectors: dict[tuple[str, str], ReasonCodeSelector] = {}
         self._audit_contexts: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
+        if audit is not None:
+            # Each model's redaction policy now, at start: one that cannot be applied (it hashes
+            # fields and no HMAC key is set) stops the server or run here, not every request later.
+            for model in registry.models():
+                self._audit_context(model)
 
     # ------------------------------------------------------------------ setup helpers
 

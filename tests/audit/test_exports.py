@@ -72,6 +72,18 @@ def test_empty_export_verifies(filled: AuditStore, tmp_path: Path) -> None:
     assert verify_export(out).ok
 
 
+def test_inverted_or_unreadable_time_range_is_refused_naming_the_bound(filled: AuditStore) -> None:
+    from risklens.audit import export_items
+
+    with pytest.raises(InvalidRequest, match="before from_time") as info:
+        next(filled.export(START + timedelta(minutes=5), START))
+    assert info.value.field == "to_time"
+    for bounds, field in ((("yesterday", ""), "from_time"), (("", "2026-13-45T99:00:00Z"), "to_time")):
+        with pytest.raises(InvalidRequest, match=f"^{field}: not an RFC 3339 time") as info:
+            next(export_items(filled, *bounds))
+        assert info.value.field == field
+
+
 def _rewrite_jsonl(path: Path, change: Callable[[list[dict]], list[dict]]) -> None:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(r) + "\n" for r in change(records)))

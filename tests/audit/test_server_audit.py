@@ -120,6 +120,46 @@ def test_audit_cli_commands(audited_server: Any, claims: list[dict[str, Any]], t
     assert broken.exit_code == 1 and "FAILED at sequence" in broken.output
 
 
+def test_export_audit_refuses_an_inverted_range_naming_the_field(audited_server: Any) -> None:
+    request = risklens_pb2.ExportAuditRequest(from_time="2030-01-01T00:00:00Z", to_time="2020-01-01T00:00:00Z")
+    with pytest.raises(grpc.RpcError) as info:
+        list(audited_server.stub.ExportAudit(request))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "to_time" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        list(audited_server.stub.ExportAudit(risklens_pb2.ExportAuditRequest(from_time="yesterday")))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("from_time: not an RFC 3339 time")
+
+
+def test_audit_commands_never_create_a_trail(tmp_path: Path) -> None:
+    """A mistyped data directory is an error, not an empty trail that "verifies"."""
+    missing = tmp_path / "no-such-dir"
+    for command in (["verify"], ["show", "0190a0f0-0000-7000-8000-000000000000"], ["export", "--out", str(tmp_path / "x")],
+                    ["purge"], ["checkpoint"]):
+        result = runner.invoke(app, ["audit", *command, "--data-dir", str(missing)])
+        assert result.exit_code == 2 and "no audit database at" in result.output, (command, result.output)
+    assert not missing.exists()  # nothing made there: no database, no development signing key
+
+
+def test_purge_refuses_model_without_before(audited_server: Any) -> None:
+    result = runner.invoke(app, ["audit", "purge", "--model", "demo-xgb", "--data-dir", str(audited_server.data_dir)])
+    assert result.exit_code == 2 and "--model needs --before" in result.output
+
+
+def test_a_hashing_policy_without_a_key_stops_the_server_at_start(demo_models_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from risklens.errors import ManifestError
+    from risklens.server.app import build_service
+    from risklens.settings import Settings
+
+    monkeypatch.delenv("RISKLENS_AUDIT_HMAC_KEY")
+    settings = Settings(models_dir=demo_models_dir, data_dir=tmp_path)
+    with pytest.raises(ManifestError, match="RISKLENS_AUDIT_HMAC_KEY is not set"):
+        build_service(settings)  # demo-xgb's audit policy hashes claimant_age
+    # Without the audit trail no key is needed.
+    assert build_service(settings.model_copy(update={"audit_enabled": False})).audit is None
+
+
 def test_replay_says_what_differs(tmp_path: Path, claims: list[dict[str, Any]], demo_models_dir: Path) -> None:
     """A recorded explanation that the model would not produce is named field by field."""
     from risklens.core import ExplainService

@@ -312,20 +312,22 @@ def text_members(*fields: tuple[str, str]) -> list[str]:
 def export_items(store: Any, from_time: str = "", to_time: str = "", model: str = ""
                  ) -> Iterator[risklens_pb2.ExportItem]:
     """The ExportAudit stream: each record, then the manifest (empty bounds and model mean open)."""
-    for item in store.export(parse_time(from_time) if from_time else None,
-                             parse_time(to_time) if to_time else None, model or None):
+    for item in store.export(parse_time(from_time, "from_time") if from_time else None,
+                             parse_time(to_time, "to_time") if to_time else None, model or None):
         if isinstance(item, risklens_pb2.ExportManifest):
             yield risklens_pb2.ExportItem(manifest=item)
         else:
             yield risklens_pb2.ExportItem(record=item)
 
 
-def parse_time(text: str) -> datetime:
-    """Parse an RFC 3339 / ISO 8601 time; a naive value is taken as UTC."""
+def parse_time(text: str, field: str | None = None) -> datetime:
+    """Parse an RFC 3339 / ISO 8601 time; a naive value is taken as UTC. ``field``: the request
+    field or option it came from, named in the error."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as error:
-        raise InvalidRequest(f"not an RFC 3339 time: {text!r}") from error
+        where = f"{field}: " if field else ""
+        raise InvalidRequest(f"{where}not an RFC 3339 time: {text!r}", field=field) from error
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -472,6 +472,9 @@ class AuditStore(abc.ABC):
         To keep the exported chain verifiable offline, records inside the span of the selection
         that do not match it come as links only (header and hashes, no input or explanation).
         """
+        if from_time and to_time and to_time < from_time:
+            raise InvalidRequest(f"to_time ({format_time(to_time)}) is before from_time ({format_time(from_time)})",
+                                 field="to_time")
         low = format_time(from_time) if from_time else ""
         high = format_time(to_time) if to_time else "9999"
         where, params = "created_at >= ? AND created_at <= ?", [low, high]
@@ -740,8 +743,11 @@ class PostgresAuditStore(AuditStore):
 
 
 def open_store(url: str, *, signing_key: Ed25519PrivateKey | None = None,
-               checkpoint_every: int = 0, page_size: int | None = None) -> AuditStore:
+               checkpoint_every: int = 0, page_size: int | None = None, create: bool = True) -> AuditStore:
     """Open (creating if needed) the audit store at ``url``.
+
+    ``create=False`` (tools that read or maintain an existing trail): a SQLite file that does not
+    exist is an error, so a mistyped path or data directory is not "verified" as an empty trail.
 
     ``sqlite:///abs/path/audit.db`` (optional ``?max_page_count=N`` caps the file size,
     ``?page_size=N`` sets the page size of a new file) or ``postgresql://user@host:port/db``.
@@ -763,6 +769,8 @@ def open_store(url: str, *, signing_key: Ed25519PrivateKey | None = None,
             page_size = _page_size(query["page_size"][0], url)
         elif page_size is not None:
             page_size = _page_size(str(page_size), url)
+        if not create and not Path(parts.path).is_file():
+            raise AuditUnavailable(f"no audit database at {parts.path}: check the data directory or audit URL")
         return SqliteAuditStore(url, Path(parts.path), max_page_count=max_pages, page_size=page_size,
                                 signing_key=signing_key, checkpoint_every=checkpoint_every)
     if parts.scheme in ("postgresql", "postgres"):

@@ -11,13 +11,14 @@ from typing import Annotated, Optional
 import typer
 from google.protobuf import json_format
 
-from risklens.errors import RiskLensError
+from risklens.errors import InvalidRequest, RiskLensError
 
 audit_app = typer.Typer(help="The audit trail: verify it, show and replay receipts, export, purge, checkpoint.",
                         no_args_is_help=True)
 
 UrlOption = Annotated[Optional[str], typer.Option(
     "--url", help="Audit store URL (default RISKLENS_AUDIT_URL, else sqlite under the data directory).")]
+ReceiptIdArgument = Annotated[str, typer.Argument(help="The receipt id an Explain call returned (a UUIDv7).")]
 DataDirOption = Annotated[Optional[Path], typer.Option(help="Server data directory (default RISKLENS_DATA_DIR or ./var).")]
 
 
@@ -33,9 +34,10 @@ def _settings(data_dir: Path | None, url: str | None):  # noqa: ANN202 - risklen
 
 
 def _open(data_dir: Path | None, url: str | None):  # noqa: ANN202 - risklens.audit.AuditStore
+    """The existing trail (these commands never create one: a mistyped location is an error)."""
     from risklens.audit import open_store
 
-    return open_store(_settings(data_dir, url).resolved_audit_url())
+    return open_store(_settings(data_dir, url).resolved_audit_url(), create=False)
 
 
 def _fail(error: RiskLensError) -> None:
@@ -43,10 +45,10 @@ def _fail(error: RiskLensError) -> None:
     raise typer.Exit(2)
 
 
-def _time(text: str | None) -> datetime | None:
+def _time(text: str | None, option: str) -> datetime | None:
     from risklens.audit import parse_time
 
-    return parse_time(text) if text else None
+    return parse_time(text, option) if text else None
 
 
 def _public_key(value: str | None) -> bytes | None:
@@ -85,7 +87,7 @@ def verify(
 
 
 @audit_app.command()
-def show(receipt_id: str, url: UrlOption = None, data_dir: DataDirOption = None) -> None:
+def show(receipt_id: ReceiptIdArgument, url: UrlOption = None, data_dir: DataDirOption = None) -> None:
     """Print the stored record behind a receipt id as JSON."""
     try:
         store = _open(data_dir, url)
@@ -100,7 +102,7 @@ def show(receipt_id: str, url: UrlOption = None, data_dir: DataDirOption = None)
 
 @audit_app.command()
 def replay(
-    receipt_id: str,
+    receipt_id: ReceiptIdArgument,
     models: Annotated[Optional[Path], typer.Option(help="Models directory (default RISKLENS_MODELS_DIR).")] = None,
     input_file: Annotated[Optional[Path], typer.Option(
         "--input", help="The original claim as JSON, needed when fields were hashed or dropped.")] = None,
@@ -131,8 +133,8 @@ def replay(
 @audit_app.command()
 def export(
     out: Annotated[Path, typer.Option(help="Directory to write the export into.")],
-    from_time: Annotated[Optional[str], typer.Option("--from", help="RFC 3339 start (inclusive).")] = None,
-    to_time: Annotated[Optional[str], typer.Option("--to", help="RFC 3339 end (inclusive).")] = None,
+    from_time: Annotated[Optional[str], typer.Option("--from", help="RFC 3339 start (inclusive); omit for no lower bound.")] = None,
+    to_time: Annotated[Optional[str], typer.Option("--to", help="RFC 3339 end (inclusive); omit for no upper bound.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Only this model's records.")] = None,
     export_format: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
     url: UrlOption = None,
@@ -144,7 +146,7 @@ def export(
     try:
         store = _open(data_dir, url)
         try:
-            manifest = write_export(store.export(_time(from_time), _time(to_time), model), out, export_format)
+            manifest = write_export(store.export(_time(from_time, "--from"), _time(to_time, "--to"), model), out, export_format)
         finally:
             store.close()
     except RiskLensError as error:
@@ -162,10 +164,13 @@ def purge(
     data_dir: DataDirOption = None,
 ) -> None:
     """Remove record bodies (input, explanation) but keep their hashes: the chain still verifies."""
+    if model and not before:
+        _fail(InvalidRequest("--model needs --before: retention purges apply each model's own window to every "
+                             "model", field="--model"))
     try:
         store = _open(data_dir, url)
         try:
-            count = store.purge(_time(before), model=model)
+            count = store.purge(_time(before, "--before"), model=model)
         finally:
             store.close()
     except RiskLensError as error:
@@ -182,18 +187,15 @@ def checkpoint(
 ) -> None:
     """Sign the current chain head with Ed25519 and store the checkpoint."""
     from risklens.audit import load_or_create_signing_key, load_signing_key
-    from risklens.audit._signing import SIGNING_KEY_ENV
 
     settings = _settings(data_dir, url)
     try:
-        if key is not None:
-            signing_key = load_signing_key(key)
-        elif os.environ.get(SIGNING_KEY_ENV):
-            signing_key = load_signing_key(os.environ[SIGNING_KEY_ENV])
-        else:
-            signing_key = load_or_create_signing_key(settings.data_dir / "audit-signing-key.pem")
-        store = _open(data_dir, url)
+        store = _open(data_dir, url)  # first: no development key is made beside a trail that is not there
         try:
+            if key is not None or settings.audit_signing_key is not None:
+                signing_key = load_signing_key(key or settings.audit_signing_key)
+            else:
+                signing_key = load_or_create_signing_key(settings.resolved_signing_key_path())
             signed = store.checkpoint(signing_key)
         finally:
             store.close()

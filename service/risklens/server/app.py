@@ -36,7 +36,12 @@ def build_service(settings: Settings) -> ExplainService:
         audit = open_store(settings.resolved_audit_url(),
                            signing_key=load_or_create_signing_key(settings.resolved_signing_key_path()),
                            checkpoint_every=settings.audit_checkpoint_every)
-    return ExplainService(registry, settings, audit)
+    try:
+        return ExplainService(registry, settings, audit)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        raise
 
 
 @dataclass
