@@ -54,6 +54,31 @@ def test_models_list(demo_models_dir: Path):
     assert "demo-xgb" in out and "demo-logreg" in out and "xgboost" in out
 
 
+def test_serve_takes_its_settings_from_the_environment(demo_models_dir: Path, tmp_path: Path):
+    """RISKLENS_PORT / RISKLENS_MODELS_DIR / RISKLENS_DATA_DIR apply when the options are not given."""
+    import grpc
+
+    from risklens.v1 import risklens_pb2 as pb
+    from risklens.v1 import risklens_pb2_grpc as pb_grpc
+
+    port = free_port()
+    env = {**os.environ, "RISKLENS_PORT": str(port), "RISKLENS_MODELS_DIR": str(demo_models_dir),
+           "RISKLENS_DATA_DIR": str(tmp_path / "data")}
+    process = subprocess.Popen([*RISKLENS, "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            listed = pb_grpc.RiskLensStub(channel).ListModels(pb.ListModelsRequest())
+        assert sorted(m.ref.name for m in listed.models) == ["demo-logreg", "demo-xgb"]
+        assert (tmp_path / "data" / "audit.db").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    listed_here = subprocess.run([*RISKLENS, "models", "list"], cwd=tmp_path, env=env, capture_output=True,
+                                 text=True, timeout=120)
+    assert listed_here.returncode == 0 and "demo-xgb" in listed_here.stdout, listed_here.stderr
+
+
 def test_explain_json_uses_proto_field_names(served, examples_dir: Path):
     target, _ = served
     out = run_cli("explain", "--target", target, "--model", "demo-xgb",

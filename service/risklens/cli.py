@@ -30,23 +30,35 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+ModelsOption = Annotated[Optional[Path], typer.Option(
+    help="Directory holding one sub-directory per model (default RISKLENS_MODELS_DIR or ./models).")]
+
+
+def settings(**options: object):  # noqa: ANN201 - risklens.settings.Settings (imported late: fast --help)
+    """The settings: ``RISKLENS_*`` environment variables, overridden by the options given (not None)."""
+    from risklens.settings import Settings
+
+    return Settings(**{name: value for name, value in options.items() if value is not None})
+
+
 @app.command()
 def serve(
-    models: Annotated[Path, typer.Option(help="Directory holding one sub-directory per model.")] = Path("models"),
-    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 50051,
-    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    models: ModelsOption = None,
+    port: Annotated[Optional[int], typer.Option(
+        help="Port to listen on, 0 picks a free one (default RISKLENS_PORT or 50051).")] = None,
+    host: Annotated[Optional[str], typer.Option(
+        help="Address to bind (default RISKLENS_HOST or 127.0.0.1, loopback).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Server state (audit DB); default RISKLENS_DATA_DIR or ./var.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Serve every model under MODELS over gRPC until interrupted (SIGINT/SIGTERM stop it gracefully)."""
+    """Serve every model in the models directory over gRPC until interrupted (SIGINT/SIGTERM stop it gracefully).
+
+    Every other setting comes from RISKLENS_* environment variables (see README.md).
+    """
     from risklens.server import serve as run_server
-    from risklens.settings import Settings
 
     _setup_logging(verbose)
-    overrides = {"models_dir": models, "port": port, "host": host}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    run_server(Settings(**overrides))
+    run_server(settings(models_dir=models, port=port, host=host, data_dir=data_dir))
 
 
 def format_explanation(response) -> str:  # noqa: ANN001 - a risklens.v1.ExplainResponse
@@ -107,13 +119,11 @@ def explain(
 
 
 @models_app.command("list")
-def models_list(
-    models: Annotated[Path, typer.Option(help="Directory holding one sub-directory per model.")] = Path("models"),
-) -> None:
+def models_list(models: ModelsOption = None) -> None:
     """List the models in a models directory (each is loaded and its sha256 checked)."""
     from risklens.registry import ModelRegistry
 
-    for m in ModelRegistry.from_directory(models).models():
+    for m in ModelRegistry.from_directory(settings(models_dir=models).models_dir).models():
         man = m.manifest
         typer.echo(f"{man.name:<20} {man.version:<10} {man.framework:<9} {m.kind:<8} "
                    f"{len(man.features):>3} features  sha256 {man.sha256[:16]}  {man.description}")
@@ -139,13 +149,13 @@ def models_add(
                                                         "the data (review it in manifest.yaml).")] = None,
     categorical_encoding: Annotated[str, typer.Option(help="How inferred categoricals reach non-pipeline "
                                                            "models: onehot or ordinal.")] = "onehot",
-    framework: Annotated[str, typer.Option(help="How to read MODEL_FILE: auto (by suffix), xgboost, lightgbm, "
+    framework: Annotated[str, typer.Option(help="How to read the model file: auto (by suffix), xgboost, lightgbm, "
                                                 "sklearn or ebm.")] = "auto",
     threshold: Annotated[float, typer.Option(help="Referral threshold on the score.")] = 0.5,
     description: Annotated[str, typer.Option(help="One line shown in rationales and model lists.")] = "",
     reason_codes: Annotated[Optional[Path], typer.Option(help="Reason-code catalogue YAML; default: a stub "
                                                              "(every feature gets a generic code).")] = None,
-    models: Annotated[Path, typer.Option(help="Directory holding one sub-directory per model.")] = Path("models"),
+    models: ModelsOption = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling, the surrogate and permutation importance.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory.")] = False,
 ) -> None:
@@ -159,7 +169,7 @@ def models_add(
     from risklens.registry.registration import REGISTRATION_STEPS, read_model_file, read_table, register_model
 
     _setup_logging(False)
-    directory = models / name
+    directory = settings(models_dir=models).models_dir / name
     if directory.exists() and any(directory.iterdir()) and not force:
         typer.echo(f"{directory} already exists; pass --force to replace it", err=True)
         raise typer.Exit(1)

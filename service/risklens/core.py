@@ -44,6 +44,7 @@ class ExplainOptions:
     seed: int | None = None
     device: str = ""
     lime_samples: int = 0
+    agreement_threshold: float | None = None  # None: the setting (batch runs pin the run's value)
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,9 @@ class ExplainService:
         receipts = new_receipt_ids(len(claims))
         seeds = [options.seed if options.seed is not None else seed_from_receipt(r) for r in receipts]
         context = ExplainContext(top_k=top_k, device=device, seeds=seeds, lime_samples=options.lime_samples,
-                                 agreement_threshold=self.settings.agreement_threshold)
+                                 agreement_threshold=(self.settings.agreement_threshold
+                                                      if options.agreement_threshold is None
+                                                      else options.agreement_threshold))
         for method in methods:
             context.results[method] = self.explainer(model, method).explain(rows, context)
         shap_rows: list[ShapResult] = context.results["shap"]

@@ -284,6 +284,24 @@ def test_rerun_with_other_options_is_refused(fraud_run, fraud_models_dir):
                                  record_audit=False, progress=False, report=False))
 
 
+def test_rerun_under_other_settings_is_refused(fraud_run, fraud_models_dir):
+    """The settings a run resolved from the environment are part of its identity: resuming under
+    another RISKLENS_TOP_K would mix chunks explained two ways."""
+    from typer.testing import CliRunner
+
+    from risklens.cli import app
+
+    out, audit_url, _ = fraud_run
+    identity = json.loads((out / "run.json").read_text())["identity"]
+    assert identity["settings"]["top_k"] == 3 and identity["settings"]["device"] == "auto"
+    result = CliRunner().invoke(app, [
+        "audit", "run", "--model", "fraud-oracle", "--data", str(FRAUD_CSV), "--out", str(out),
+        "--models", str(fraud_models_dir), "--workers", "2", "--label", "FraudFound_P",
+        "--id-column", "PolicyNumber", "--sample", "60", "--chunk-size", "1000", "--audit-url", audit_url,
+        "--no-progress"], env={"RISKLENS_TOP_K": "5"})
+    assert result.exit_code == 2 and "differs in ['settings']" in result.output, result.output
+
+
 def test_unknown_method_is_refused(fraud_models_dir, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown method"):
         run_audit(AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,

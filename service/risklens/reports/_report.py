@@ -439,7 +439,7 @@ def _reproducibility(run: dict) -> Section:
         ("Sample", f"{summary.get('sampled_rows', 0):,} claims (sample seed {identity['seed']})"),
         ("Chunk size", str(identity["chunk_size"])),
         ("Scheduler", f"{run.get('scheduler', '')} ({run.get('workers', '')} worker(s))"),
-        ("Settings", ", ".join(f"{k}={v}" for k, v in run.get("settings", {}).items())),
+        ("Settings", ", ".join(f"{k}={v}" for k, v in identity["settings"].items())),
         ("Audit chain head", f"sequence {head['sequence']}, hash {head['hash']}" if head else "audit not recorded"),
         ("Library versions", ", ".join(f"{k} {v}" for k, v in run.get("library_versions", {}).items())),
         ("Started", run.get("created_at", "")), ("Finished", summary.get("finished_at", "")),
@@ -472,7 +472,7 @@ def build_report(out: Path, *, registry_dir: Path | None = None, table: ClaimsTa
         table = read_claims_table(Path(identity["data"]), model.manifest, id_column=identity["id_column"],
                                   label_column=identity["label_column"])
     features = table.features if table is not None else None
-    top_k = int(run.get("settings", {}).get("top_k", 3))
+    top_k = int(identity["settings"]["top_k"])
     shap_section, top = _shap_sections(claims, names, features, model)
     sections = [
         _model_card(model, run, claims), shap_section, _permutation(claims, model), _ice(claims, top, model),

@@ -125,13 +125,22 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _identity(config: AuditRunConfig, model: LoadedModel, table: ClaimsTable, methods: tuple[str, ...]) -> dict:
+def _explain_settings(config: AuditRunConfig, service: ExplainService) -> dict[str, Any]:
+    """The settings every chunk is explained with: the run's options, else the service's settings
+    (resolved here, once, so that workers elsewhere, whose environment may differ, use the same)."""
+    service.check_lime_samples(config.lime_samples)
+    return {"top_k": service.resolve_top_k(config.top_k), "device": service.resolve_device(config.device),
+            "lime_samples": config.lime_samples, "agreement_threshold": service.settings.agreement_threshold}
+
+
+def _identity(config: AuditRunConfig, model: LoadedModel, table: ClaimsTable, methods: tuple[str, ...],
+              settings: dict[str, Any]) -> dict:
     """What must be equal for a rerun to continue this run (anything else would mix two runs)."""
     return {
         "model": model.name, "version": model.version, "model_sha256": model.manifest.sha256,
         "data": str(Path(config.data).resolve()), "data_sha256": table.data_sha256, "rows": len(table),
         "chunk_size": config.chunk_size, "methods": list(methods), "sample": config.sample,
-        "seed": config.seed, "top_k": config.top_k, "device": config.device, "lime_samples": config.lime_samples,
+        "seed": config.seed, "settings": settings,
         "label_column": config.label_column, "id_column": config.id_column, "record_audit": config.record_audit,
     }
 
@@ -480,21 +489,19 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
             local_pool = _start_local_workers(local_workers, "fork", models_dir, config.model, config.version,
                                               audited)
         methods = _extra_methods(config, service, model)
+        explain_settings = _explain_settings(config, service)
         table = read_claims_table(Path(config.data), model.manifest, id_column=config.id_column,
                                   label_column=config.label_column)
-        identity = _identity(config, model, table, methods)
+        identity = _identity(config, model, table, methods, explain_settings)
         _claim_run(out, identity, {"created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
                                    "workers": config.workers, "worker_start": start_method,
                                    "ignored_columns": table.ignored_columns,
-                                   "models_dir": str(models_dir), "library_versions": library_versions(),
-                                   "settings": {"top_k": config.top_k or settings.top_k,
-                                                "device": config.device or settings.device,
-                                                "agreement_threshold": settings.agreement_threshold}})
+                                   "models_dir": str(models_dir), "library_versions": library_versions()})
         if audit_url:
             from risklens.audit import BATCH_PAGE_SIZE, open_store
 
             store = open_store(audit_url, page_size=BATCH_PAGE_SIZE)  # a new trail: pages for 2,000-record commits
-        return _run(config, out, models_dir, model, methods, table, store, audit_url, local_pool)
+        return _run(config, out, models_dir, model, methods, explain_settings, table, store, audit_url, local_pool)
     finally:
         if local_pool is not None:
             local_pool.shutdown(cancel_futures=True)
@@ -503,8 +510,8 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
 
 
 def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel, methods: tuple[str, ...],
-         table: ClaimsTable, store: Any, audit_url: str | None, local_pool: ProcessPoolExecutor | None
-         ) -> AuditRunResult:
+         explain_settings: dict[str, Any], table: ClaimsTable, store: Any, audit_url: str | None,
+         local_pool: ProcessPoolExecutor | None) -> AuditRunResult:
     from tqdm import tqdm
 
     n = len(table)
@@ -522,7 +529,8 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
             index=index, models_dir=str(models_dir), model=model.name, version=model.version,
             features=table.features.iloc[lo:hi], claim_ids=table.claim_ids[lo:hi],
             labels=None if labels is None else labels[lo:hi].tolist(), sampled=sampled[lo:hi].tolist(),
-            methods=methods, top_k=config.top_k, device=config.device, lime_samples=config.lime_samples,
+            methods=methods, top_k=explain_settings["top_k"], device=explain_settings["device"],
+            lime_samples=config.lime_samples, agreement_threshold=explain_settings["agreement_threshold"],
             out_dir=str(out.resolve()), audit_url=audit_url, model_sha256=model.manifest.sha256)
 
     def rows_in(index: int) -> int:

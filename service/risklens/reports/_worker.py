@@ -51,6 +51,7 @@ class ChunkTask:
     top_k: int = 0
     device: str = ""
     lime_samples: int = 0
+    agreement_threshold: float | None = None  # None: the worker's setting
     seed: int | None = None
     out_dir: str = ""  # where the chunk's files go (shared storage when workers run elsewhere)
     audit_url: str | None = None  # None: no audit records
@@ -324,7 +325,8 @@ def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
     feature_names = model.manifest.feature_names
     rows = task.features.index.to_list()
     sampled = np.asarray(task.sampled, dtype=bool)
-    base = dict(top_k=task.top_k, device=task.device, lime_samples=task.lime_samples, seed=task.seed)
+    base = dict(top_k=task.top_k, device=task.device, lime_samples=task.lime_samples,
+                agreement_threshold=task.agreement_threshold, seed=task.seed)
     outcomes: list[Explanation | RiskLensError | None] = [None] * len(rows)
     collector.take()  # nothing from an earlier, failed call may leak into this chunk's entries
     # Two calls at most: SHAP-only rows, and the sampled rows with the extra methods.

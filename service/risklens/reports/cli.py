@@ -18,7 +18,8 @@ def audit_run(
     model: Annotated[str, typer.Option(help="Model name in the models directory.")],
     data: Annotated[Path, typer.Option(help="Claims table: a .csv or .parquet file, one claim per row.")],
     out: Annotated[Path, typer.Option(help="Output directory; rerun the same command on it to resume.")],
-    models: Annotated[Path, typer.Option(help="Directory holding one sub-directory per model.")] = Path("models"),
+    models: Annotated[Optional[Path], typer.Option(
+        help="Directory holding one sub-directory per model (default RISKLENS_MODELS_DIR or ./models).")] = None,
     version: Annotated[str, typer.Option(help="Model version (default: the newest).")] = "",
     scheduler: Annotated[str, typer.Option(
         help="'local' (worker processes on this machine) or a Dask scheduler address tcp://HOST:PORT.")] = "local",
@@ -41,14 +42,15 @@ def audit_run(
     top_k: Annotated[int, typer.Option(help="Reasons per claim (0: settings default).")] = 0,
     device: Annotated[str, typer.Option(help="TreeSHAP device: auto, cpu or gpu (empty: settings).")] = "",
     audit_url: Annotated[Optional[str], typer.Option(
-        help="Audit store URL (default RISKLENS_AUDIT_URL, else sqlite under the data directory).")] = None,
+        help="Audit store URL (default RISKLENS_AUDIT_URL, else sqlite:///DATA_DIR/audit.db with DATA_DIR from "
+             "RISKLENS_DATA_DIR, ./var if unset).")] = None,
     no_audit: Annotated[bool, typer.Option("--no-audit", help="Do not record the claims in the audit trail.")] = False,
     report: Annotated[bool, typer.Option(help="Write report.html when the run is complete.")] = True,
     pdf: Annotated[bool, typer.Option(help="Also print report.pdf (needs Chromium).")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Explain every claim in DATA with MODEL: per-claim Parquet, rejects, audit records, an HTML report."""
+    """Explain every claim of the --data table with --model: per-claim Parquet, rejects, audit records, an HTML report."""
     from risklens.reports import AuditRunConfig, run_audit
     from risklens.settings import Settings
 
@@ -58,14 +60,15 @@ def audit_run(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     chosen = methods.strip().lower()
     extra = None if chosen == "auto" else tuple(m for m in chosen.split(",") if m and m != "shap")
+    settings = Settings()
     config = AuditRunConfig(
-        model=model, data=data, out=out, models_dir=models, version=version, scheduler=scheduler, workers=workers,
+        model=model, data=data, out=out, models_dir=models or settings.models_dir, version=version, scheduler=scheduler, workers=workers,
         worker_start=worker_start,
         methods=extra, sample=sample, label_column=label, id_column=id_column, chunk_size=chunk_size, seed=seed,
         top_k=top_k, device=device, audit_url=audit_url, record_audit=not no_audit, progress=progress,
         report=report, pdf=pdf)
     try:
-        result = run_audit(config, Settings())
+        result = run_audit(config, settings)
     except RiskLensError as error:
         typer.echo(f"error: {error.message}", err=True)
         raise typer.Exit(2) from error
