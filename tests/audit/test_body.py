@@ -198,6 +198,18 @@ def joiners() -> list[Any]:
     return [*native, pytest.param(_body.join_rows_python, id="python")]
 
 
+def test_native_joiner_is_built_wherever_a_c_compiler_is() -> None:
+    """setup.py builds the joiner as an optional extension (Python stands in where it cannot be
+    compiled): here a failed build fails, instead of the native joiner's checks being skipped."""
+    from toolchain import c_compiler
+
+    from risklens.audit import _body
+
+    if c_compiler() is None:
+        pytest.skip("no C compiler: the Python joiner serves, as documented")
+    assert _body.join_rows is not _body.join_rows_python, "a C compiler is here but risklens.audit._join is missing"
+
+
 @pytest.mark.parametrize("join_rows", joiners())
 def test_join_rows_joins_each_row_of_positions(join_rows: Any) -> None:
     rng = np.random.default_rng(3)

@@ -106,3 +106,25 @@ def test_validate_columns_is_validate_claim_on_every_row(service: ExplainService
     assert repr(text_columns) == repr(columns) and text_valid.tolist() == valid.tolist()
     assert {row: (e.field, e.message) for row, e in text_errors.items()} == \
         {row: (e.field, e.message) for row, e in errors.items()}
+
+
+def test_a_method_the_model_cannot_run_is_invalid_argument(service: ExplainService) -> None:
+    """A model registered without PDP grids cannot have ICE: asked for by name, the call names the
+    field; asked for as "all", the method is left out."""
+    import dataclasses
+
+    from risklens.core import ExplainOptions
+    from risklens.datasets import generate_claims
+    from risklens.errors import InvalidRequest
+    from risklens.registry.manifest import PDP_ARTIFACT
+
+    model = service.registry.get("demo-xgb")
+    without_grids = dataclasses.replace(model, extras={k: v for k, v in model.extras.items() if k != PDP_ARTIFACT})
+    bare = ExplainService(ModelRegistry([without_grids]))
+    frame, _ = generate_claims(1, 5)
+    claim = frame_to_claims(frame[model.manifest.feature_names])[0]
+    with pytest.raises(InvalidRequest, match="method 'ice' cannot explain model 'demo-xgb'") as info:
+        bare.explain("demo-xgb", claim, options=ExplainOptions(methods=("ice",)))
+    assert info.value.field == "methods"
+    explained = bare.explain("demo-xgb", claim, options=ExplainOptions(methods=("all",)))
+    assert "ice" not in explained.methods and "lime" in explained.methods

@@ -72,16 +72,22 @@ def ice_results(xgb_model, synthetic):
     return claims, context, IceExplainer(xgb_model).explain(rows, context)
 
 
-def test_ice_curves_are_the_models_scores(xgb_model, ice_results):
-    from risklens.registry.registration import with_feature_values
+def test_ice_curves_are_scikit_learns_individual_curves(xgb_model, ice_results):
+    """Each claim's ICE curve is scikit-learn's individual conditional expectation on the same grid."""
+    from sklearn.inspection import partial_dependence
 
     claims, context, results = ice_results
     names = xgb_model.manifest.feature_names
+    view = ScoreClassifier(xgb_model)
     for row, result in enumerate(results):
         top = [names[j] for j in np.argsort(-np.abs(context.results["shap"][row].values), kind="stable")[:3]]
         assert [f.feature for f in result.features] == top
         for feature in result.features:
-            expected = xgb_model.predict_score(with_feature_values(claims.iloc[[row]], feature.feature, feature.grid))
+            spec = xgb_model.manifest.feature(feature.feature)
+            expected = partial_dependence(
+                view, claims.iloc[[row]], [feature.feature], kind="individual", method="brute",
+                response_method="predict_proba", custom_values={feature.feature: list(feature.grid)},
+                categorical_features=[feature.feature] if spec.type != "numeric" else None)["individual"][0, 0]
             np.testing.assert_allclose(feature.ice, expected, atol=1e-12)
             assert len(feature.pdp) == len(feature.grid)
             assert feature.slope_direction in ("increasing", "decreasing", "flat")
