@@ -210,12 +210,15 @@ class ExplainService:
         return outcomes  # type: ignore[return-value]
 
     def explain_frame(self, model_name: str, frame: pd.DataFrame, *, claim_ids: Sequence[str] | None = None,
-                      version: str = "", options: ExplainOptions | None = None) -> list[Explanation | RiskLensError]:
+                      seeds: Sequence[int] | None = None, version: str = "", options: ExplainOptions | None = None
+                      ) -> list[Explanation | RiskLensError]:
         """Explain every row of a claims table (batch runs): ``explain_batch`` for tables.
 
         Rows are validated column by column (``validate_columns``: the same contract and messages
         as ``validate_claim``); each invalid row gets its own error and the rest are explained.
         There is no batch-size limit: callers size their chunks. Outcomes are in row order.
+        ``seeds``: one per row for the randomised methods (a batch run derives them from its own
+        seed, so that a rerun reproduces them); default as for single claims.
         """
         options = options or ExplainOptions()
         model = self.registry.get(model_name, version)
@@ -229,7 +232,8 @@ class ExplainService:
             claims = [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
             ids = [claim_ids[row] for row in valid] if claim_ids is not None else [""] * len(valid)
             explanations = self._explain_valid(model, claims, ClaimRows(model, columns), ids,
-                                               methods, device, top_k, options)
+                                               methods, device, top_k, options,
+                                               None if seeds is None else [seeds[row] for row in valid.tolist()])
             for row, explanation in zip(valid.tolist(), explanations):
                 outcomes[row] = explanation
         self._log_outcomes(model, methods, len(valid), len(errors))
@@ -272,7 +276,7 @@ class ExplainService:
 
     def _explain_valid(self, model: LoadedModel, claims: list[dict[str, FeatureValue]], rows: ClaimRows,
                        claim_ids: list[str], methods: tuple[str, ...], device: str, top_k: int,
-                       options: ExplainOptions) -> list[Explanation]:
+                       options: ExplainOptions, seeds: list[int] | None = None) -> list[Explanation]:
         """Explain validated claims (``rows`` holds the same claims), then record them in the audit trail.
 
         Per-claim work is done on whole arrays where it can be (scores, contribution order, reason
@@ -281,7 +285,8 @@ class ExplainService:
         from risklens.audit import new_receipt_ids
 
         receipts = new_receipt_ids(len(claims))
-        seeds = [options.seed if options.seed is not None else seed_from_receipt(r) for r in receipts]
+        if seeds is None:
+            seeds = [options.seed if options.seed is not None else seed_from_receipt(r) for r in receipts]
         context = ExplainContext(top_k=top_k, device=device, seeds=seeds, lime_samples=options.lime_samples,
                                  agreement_threshold=(self.settings.agreement_threshold
                                                       if options.agreement_threshold is None

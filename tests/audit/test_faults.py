@@ -126,6 +126,23 @@ def test_garbage_file_gives_a_clear_error(tmp_path: Path) -> None:
         open_store(f"sqlite:///{path}")
 
 
+def test_a_store_that_fails_to_open_leaves_no_file_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    garbage, foreign = tmp_path / "garbage.db", tmp_path / "foreign.db"
+    garbage.write_bytes(os.urandom(64 * 1024))
+    with sqlite3.connect(foreign) as connection:  # a trail of a schema this version does not know
+        connection.execute("CREATE TABLE audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute("INSERT INTO audit_meta VALUES ('schema_version', 'risklens.audit/99')")
+    before = len(os.listdir("/proc/self/fd"))
+    errors = []  # kept referenced: their tracebacks must not be what holds the connections
+    for path in (garbage, foreign) * 3:
+        with pytest.raises(AuditUnavailable) as info:
+            open_store(f"sqlite:///{path}")
+        errors.append(info.value)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_corrupted_pages_give_a_clear_error_or_a_failed_verify(tmp_path: Path, make_entries: EntryFactory) -> None:
     path = tmp_path / "audit.db"
     store = open_store(f"sqlite:///{path}")

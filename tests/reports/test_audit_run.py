@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import sqlite3
@@ -302,13 +303,87 @@ def test_rerun_under_other_settings_is_refused(fraud_run, fraud_models_dir):
     assert result.exit_code == 2 and "differs in ['settings']" in result.output, result.output
 
 
+def test_rerunning_the_same_command_reproduces_the_randomised_methods(tmp_path):
+    """Each claim's LIME seed follows from the run's seed and its row (a server call's comes from its
+    receipt, new each time): the same command on the same table gives the same explanations."""
+    from risklens.datasets import generate_claims
+    from risklens.reports._runner import claim_seeds
+
+    frame, _ = generate_claims(300, 9)
+    data = tmp_path / "claims.csv"
+    frame.to_csv(data, index=False)
+    runs = []
+    for name in ("first", "second"):
+        result = run_audit(AuditRunConfig(model="demo-xgb", data=data, out=tmp_path / name,
+                                          models_dir=Path(__file__).resolve().parents[2] / "models",
+                                          methods=("lime",), sample=25, chunk_size=120, record_audit=False,
+                                          progress=False, report=False))
+        runs.append(pd.read_parquet(result.claims_path))
+    first, second = runs
+    assert first["seed"].tolist() == second["seed"].tolist() == claim_seeds(0, range(300))
+    assert first["receipt_id"].tolist() != second["receipt_id"].tolist()
+    lime = [c for c in first if c.startswith("lime__")] + ["lime_stability"]
+    assert first["lime_stability"].notna().sum() == 25
+    np.testing.assert_array_equal(first[lime].to_numpy(float), second[lime].to_numpy(float))
+
+
+def _small_table(tmp_path: Path, rows: int = 40) -> Path:
+    from risklens.datasets import generate_claims
+
+    frame, _ = generate_claims(rows, 4)
+    data = tmp_path / "claims.csv"
+    frame.to_csv(data, index=False)
+    return data
+
+
+def test_rerun_elsewhere_or_under_another_manifest_is_refused(tmp_path):
+    """A rerun finds its pending chunks' receipts in the run's audit trail: another trail (or none)
+    would record claims twice or not at all; an edited manifest (threshold, audit policy) would
+    explain part of the table under other rules. Both are refused."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "demo-xgb", models / "demo-xgb")
+    data = _small_table(tmp_path)
+
+    def run(**changes: object) -> None:
+        run_audit(replace(AuditRunConfig(model="demo-xgb", data=data, out=tmp_path / "run", models_dir=models,
+                                         methods=(), chunk_size=16, audit_url=f"sqlite:///{tmp_path / 'a.db'}",
+                                         progress=False, report=False), **changes))
+
+    run()
+    for changes, differing in (({"audit_url": f"sqlite:///{tmp_path / 'b.db'}"}, "['audit']"),
+                               ({"record_audit": False}, "['audit', 'redaction_key']")):
+        with pytest.raises(InvalidRequest, match=re.escape(f"differs in {differing}")):
+            run(**changes)
+    manifest = models / "demo-xgb" / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("threshold: 0.5", "threshold: 0.05"))
+    with pytest.raises(InvalidRequest, match=re.escape("differs in ['manifest_sha256']")):
+        run()
+
+
+@pytest.mark.parametrize("kind", ["empty", "every row rejected"])
+def test_a_table_with_nothing_to_explain_still_gives_the_outputs(kind, tmp_path):
+    data = _small_table(tmp_path, 12)
+    frame = pd.read_csv(data)
+    (frame.iloc[:0] if kind == "empty" else frame.assign(claim_amount="lots")).to_csv(data, index=False)
+    result = run_audit(AuditRunConfig(model="demo-xgb", data=data, out=tmp_path / "run",
+                                      models_dir=Path(__file__).resolve().parents[2] / "models",
+                                      audit_url=f"sqlite:///{tmp_path / 'a.db'}", progress=False))
+    assert (result.explained, result.rejected) == (0, 0 if kind == "empty" else 12)
+    claims = pd.read_parquet(result.claims_path)
+    assert len(claims) == 0 and {"claim_id", "receipt_id", "score", "decision", "rationale"} <= set(claims.columns)
+    html = result.report_path.read_text()
+    assert html.count("Not available for this run") >= 7 and "no explained claims" in html
+
+
 def test_unknown_method_is_refused(fraud_models_dir, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown method"):
         run_audit(AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,
                                  methods=("telepathy",), record_audit=False, progress=False, report=False))
 
 
-def test_csv_tables_read_as_pandas_reads_them_also_where_arrow_cannot(insurance_models_dir, tmp_path):
+def test_csv_tables_read_as_pandas_reads_them_also_where_arrow_cannot(insurance_models_dir, tmp_path, caplog):
     """Arrow's multi-threaded reader gives the frame pandas' parser gives, and a file it refuses (rows
     that leave out the empty trailing column) is read by pandas' parser instead."""
     from risklens.reports._table import NA_TOKENS, _read_csv_as_text
@@ -323,7 +398,10 @@ def test_csv_tables_read_as_pandas_reads_them_also_where_arrow_cannot(insurance_
     with pytest.raises(ValueError, match="Expected 40 columns"):
         pd.read_csv(data, engine="pyarrow", dtype=str)
     model = ModelRegistry.from_directory(insurance_models_dir).get("insurance")
-    table = read_claims_table(data, model.manifest, id_column="policy_number")
+    with caplog.at_level("DEBUG", logger="risklens"):
+        table = read_claims_table(data, model.manifest, id_column="policy_number")
+    assert "pandas' parser" in caplog.text
+    assert lines[2][:-1].split(",")[1] not in caplog.text  # Arrow's message quotes a row: not logged
     expected = read_claims_table(INSURANCE_CSV, model.manifest, id_column="policy_number")
     pd.testing.assert_frame_equal(table.features, expected.features)
     assert table.claim_ids == expected.claim_ids and "_c39" in table.ignored_columns

@@ -85,9 +85,11 @@ def test_report_says_plainly_what_a_shap_only_run_lacks(fraud_models_dir, tmp_pa
     result = run_audit(AuditRunConfig(model="fraud-oracle", data=data, out=tmp_path / "run",
                                       models_dir=fraud_models_dir, methods=(), record_audit=False, progress=False))
     html = result.report_path.read_text()
-    for key in ("permutation", "pdp-ice", "ebm", "stability"):
+    for key in ("pdp-ice", "ebm", "stability"):
         section = html.split(f'<section id="{key}">')[1].split("</section>")[0]
         assert "Not available for this run" in section
+    # Permutation importance is the model's, measured at registration: shown whatever the run explained.
+    assert "Not available for this run" not in html.split('<section id="permutation">')[1].split("</section>")[0]
     assert "Metrics</dt><dd>not computed: the run had no label column" in html
     assert "audit not recorded" in html
 
@@ -96,3 +98,41 @@ def _fraud_csv() -> Path:
     from risklens.datasets.shared import shared_data_dir
 
     return shared_data_dir() / "fraud_oracle.csv"
+
+
+def test_permutation_bars_are_the_global_ranking_with_t_intervals(fraud_models_dir):
+    """The chart is the model's global ranking (not one claim's top features), and its whiskers are 95%
+    confidence intervals of the mean over the repeats, from the repeats' (ddof=0) std."""
+    from scipy import stats
+
+    from risklens.explainers.permutation import PermutationExplainer
+    from risklens.registry import ModelRegistry
+    from risklens.reports._report import TOP_FEATURES, permutation_bars
+
+    explainer = PermutationExplainer(ModelRegistry.from_directory(fraud_models_dir).get("fraud-oracle"))
+    ranks, half_widths = permutation_bars(explainer)
+    stored = sorted(explainer.ranks.values(), key=lambda r: -r.importance_mean)
+    assert [r.feature for r in ranks] == [r.feature for r in stored[:TOP_FEATURES]]
+    n = explainer.n_repeats
+    for rank, half in zip(ranks, half_widths):
+        sample_std = rank.importance_std * np.sqrt(n / (n - 1))
+        low, high = stats.t.interval(0.95, n - 1, loc=rank.importance_mean, scale=sample_std / np.sqrt(n))
+        assert half == pytest.approx((high - low) / 2, rel=1e-12)
+
+
+def test_every_flagged_claim_is_listed_beside_the_report(fraud_run):
+    import pandas as pd
+
+    out = fraud_run[0]
+    html = (out / "report.html").read_text()
+    flagged = pd.read_csv(out / "flagged.csv")
+    fact = re.search(r"Flagged</dt><dd>([\d,]+) of ([\d,]+) claims: ([\d,]+) near the threshold only, ([\d,]+) where "
+                     r"methods disagree \(of ([\d,]+) checked\)", html)
+    assert fact, "the flagged fact is missing"
+    total, _, near, disagree, checked = (int(g.replace(",", "")) for g in fact.groups())
+    assert len(flagged) == total == near + disagree
+    assert flagged["why"].str.startswith("methods disagree").sum() == disagree
+    assert checked == pd.read_parquet(out / "claims.parquet")["agreement_disagree"].notna().sum() > 0
+    # Most urgent first: every disagreement before every near-threshold-only claim.
+    order = flagged["why"].str.startswith("methods disagree").to_numpy()
+    assert not (~order[:-1] & order[1:]).any()

@@ -72,6 +72,14 @@ class RedactionPolicy:
         return policy
 
     @property
+    def key_fingerprint(self) -> str:
+        """Names the HMAC key without revealing it ("" when no field is hashed): two runs whose
+        fingerprints differ would store the same value as two different hashes."""
+        if not self.hashes_fields or not self.hmac_key:
+            return ""
+        return hashlib.sha256(b"risklens-audit-hmac-key:" + self.hmac_key).hexdigest()[:16]
+
+    @property
     def hashes_fields(self) -> bool:
         return self.default == "hmac" or "hmac" in self.fields.values()
 

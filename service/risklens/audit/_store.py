@@ -76,6 +76,14 @@ _READABLE_SCHEMAS = ("risklens.audit/1",)  # older layouts this version reads, v
 _WAL_CHECKPOINT_RECORDS = 250
 
 
+def store_location(url: str) -> str:
+    """A store URL's location without credentials or options, for messages, logs and run records."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 class _Prepared:
     """One record ready to append: everything but its chain position and links."""
 
@@ -256,11 +264,7 @@ class AuditStore(abc.ABC):
                                    f"writes {SCHEMA_VERSION}")
 
     def _where(self) -> str:
-        """The store's location without credentials, for messages and logs."""
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"
+        return store_location(self.url)
 
     # ------------------------------------------------------------ writing
 
@@ -522,9 +526,13 @@ class SqliteAuditStore(AuditStore):
         except OSError as error:
             raise AuditUnavailable(f"cannot create the audit directory {path.parent}: {error}") from error
         self._writer = self._connect(page_size)
-        with self._write_transaction() as connection:
-            # INTEGER PRIMARY KEY makes the sequence SQLite's rowid: one b-tree fewer to write per record.
-            self._create_schema(connection, "BLOB", "INTEGER PRIMARY KEY")
+        try:
+            with self._write_transaction() as connection:
+                # INTEGER PRIMARY KEY makes the sequence SQLite's rowid: one b-tree fewer to write per record.
+                self._create_schema(connection, "BLOB", "INTEGER PRIMARY KEY")
+        except BaseException:
+            self._writer.close()  # a store that fails to open leaves no file handle behind
+            raise
         # WAL checkpoints (copying the log into the database file, with an fsync of that file)
         # run on a background thread, not inside whichever request's commit crosses SQLite's
         # 1000-page mark: a commit stays one append and one fsync of the log.
@@ -572,12 +580,14 @@ class SqliteAuditStore(AuditStore):
     def _connect(self, page_size: int | None = None) -> sqlite3.Connection:
         """A connection in WAL mode; ``page_size``: the page size of a database created by it (an
         existing database keeps its own)."""
+        connection: sqlite3.Connection | None = None
         try:
             connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             if page_size:  # takes effect only before the first write (WAL mode included) of a new file
                 connection.execute(f"PRAGMA page_size = {int(page_size)}")
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
+                connection.close()
                 raise AuditUnavailable(f"audit database {self.path} cannot use WAL journaling (got {mode})")
             connection.execute("PRAGMA synchronous = FULL")
             # Purged bodies are overwritten on disk, not just unlinked from the b-tree.
@@ -585,6 +595,8 @@ class SqliteAuditStore(AuditStore):
             if self._max_page_count:
                 connection.execute(f"PRAGMA max_page_count = {int(self._max_page_count)}")
         except sqlite3.Error as error:
+            if connection is not None:
+                connection.close()
             raise self._map_error(error) from error
         return connection
 
@@ -647,9 +659,13 @@ class SqliteAuditStore(AuditStore):
         # body lingers in the log.
         with self._write_lock:
             try:
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as error:
                 raise self._map_error(error) from error
+        if busy:
+            log.warning("purge of %s: another connection was still reading, so the write-ahead log was not "
+                        "truncated; copies of the purged bodies stay in %s-wal until a later checkpoint resets "
+                        "it (run the purge again when the readers are done)", self.path, self.path.name)
 
     def close(self) -> None:
         with self._write_lock:

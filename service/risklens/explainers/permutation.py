@@ -47,6 +47,9 @@ class PermutationExplainer(Explainer):
         super().__init__(model)
         stored = json.loads(model.extras[PERMUTATION_ARTIFACT].read_text())
         self.scoring: str = stored["scoring"]
+        # How the ranking was measured: repeats of each shuffle, on how many held-out claims.
+        self.n_repeats: int = int(stored["n_repeats"])
+        self.holdout_rows: int = int(stored["rows"])
         self.ranks = {entry["feature"]: PermutationRank(entry["feature"], int(entry["rank"]),
                                                         float(entry["importance_mean"]),
                                                         float(entry["importance_std"]))

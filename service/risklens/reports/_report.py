@@ -37,6 +37,11 @@ REPORT_FILE = "report.html"
 TEMPLATES_ENV = "RISKLENS_REPORT_TEMPLATES"
 TOP_FEATURES = 12
 FAITHFULNESS_ROWS = 200
+BEESWARM_CLAIMS = 3000
+ICE_CURVES = 200  # per panel
+FLAGGED_ROWS = 25
+FLAGGED_FILE = "flagged.csv"
+FLAGGED_COLUMNS = ["claim_id", "score", "decision", "why", "reason_codes", "receipt_id"]
 PALETTE = {"refer": "#c0392b", "pass": "#2e86c1"}
 
 
@@ -122,7 +127,8 @@ def _model_card(model: LoadedModel, run: dict, claims: pd.DataFrame) -> Section:
             from sklearn.metrics import average_precision_score, roc_auc_score
 
             section.facts += [
-                ("Labelled claims", f"{len(labelled):,} ({y.mean():.1%} positive)"),
+                ("Labelled claims", f"{len(labelled):,} ({y.mean():.1%} positive; the metrics below are "
+                                    f"measured on them, in-sample for any the model was trained on)"),
                 ("ROC AUC", f"{roc_auc_score(y, score):.3f}"),
                 ("PR AUC (average precision)", f"{average_precision_score(y, score):.3f} "
                                                f"(a random model scores {y.mean():.3f})"),
@@ -138,7 +144,8 @@ def _shap_sections(claims: pd.DataFrame, names: list[str], features: pd.DataFram
                    model: LoadedModel) -> tuple[Section, list[str]]:
     section = Section("shap", "Global SHAP importance",
                       intro="Mean absolute SHAP contribution per feature over every explained claim, and how "
-                            "each feature's values push individual claims up or down (beeswarm).")
+                            "each feature's values push individual claims up or down (beeswarm: up to "
+                            f"{BEESWARM_CLAIMS:,} claims drawn at random).")
     values = _contributions(claims, "shap", names)
     if values is None or not len(values):
         section.unavailable = "no explained claims"
@@ -155,12 +162,13 @@ def _shap_sections(claims: pd.DataFrame, names: list[str], features: pd.DataFram
 
     fig, ax = _figure(7.5, 0.38 * len(top) + 1.2)
     rng = np.random.default_rng(0)
-    shown = rng.choice(len(values), size=min(len(values), 3000), replace=False)
+    shown = rng.choice(len(values), size=min(len(values), BEESWARM_CLAIMS), replace=False)
+    rows = claims["row"].to_numpy()[shown]  # the claims' own rows of the table (rejected rows are not in claims)
     for rank, j in enumerate(order):
         y = len(order) - 1 - rank + rng.uniform(-0.3, 0.3, size=len(shown))
         style: dict[str, Any] = {"color": "#7f8c8d"}
         if features is not None and model.manifest.feature(names[j]).type != "categorical":
-            raw = pd.to_numeric(features[names[j]].iloc[shown], errors="coerce").astype(float).to_numpy()
+            raw = pd.to_numeric(features[names[j]].loc[rows], errors="coerce").astype(float).to_numpy()
             style = {"c": pd.Series(raw).rank(pct=True).fillna(0.5).to_numpy(), "cmap": "coolwarm", "vmin": 0,
                      "vmax": 1}
         ax.scatter(values[shown, j], y, s=5, alpha=0.6, linewidths=0, **style)
@@ -171,30 +179,52 @@ def _shap_sections(claims: pd.DataFrame, names: list[str], features: pd.DataFram
     return section, top
 
 
-def _permutation(claims: pd.DataFrame, model: LoadedModel) -> Section:
-    section = Section("permutation", "Permutation importance",
-                      intro="Fall in the model's score quality when one feature is shuffled, measured at "
-                            "registration on held-out labelled claims; bars show mean and 95% interval.")
-    messages = _messages(claims, "permutation", pb.PermutationResult)
-    if not messages:
-        section.unavailable = ("the run has no permutation results: the model was registered without "
-                               "permutation importance, or the run excluded the method")
+def permutation_bars(explainer: Any) -> tuple[list[Any], list[float] | None]:
+    """The top features of a PermutationExplainer's global ranking, and the half-widths of the 95%
+    confidence intervals of their mean importance (None with a single repeat)."""
+    from scipy.stats import t as student_t
+
+    ranks = explainer.global_ranking()[:TOP_FEATURES]
+    repeats = explainer.n_repeats
+    if repeats < 2:
+        return ranks, None
+    # importance_std is scikit-learn's std over the repeats (ddof=0): the mean's standard error is std / sqrt(n - 1).
+    return ranks, [float(student_t.ppf(0.975, repeats - 1) * r.importance_std / np.sqrt(repeats - 1)) for r in ranks]
+
+
+def _permutation(model: LoadedModel) -> Section:
+    """The model's global ranking, as measured at registration (every run of the model shows the same)."""
+    from risklens.explainers.permutation import PermutationExplainer
+
+    section = Section("permutation", "Permutation importance")
+    if not PermutationExplainer.supports(model):
+        section.unavailable = "the model was registered without permutation importance (no labelled hold-out)"
         return section
-    ranks = sorted(messages[0].features, key=lambda r: r.global_rank)[:TOP_FEATURES]
+    explainer = PermutationExplainer(model)
+    ranks, half_width = permutation_bars(explainer)
+    repeats = explainer.n_repeats
+    section.intro = (f"Fall in the model's {explainer.scoring} when one feature is shuffled, measured at registration "
+                     f"on {explainer.holdout_rows:,} held-out labelled claims, each feature shuffled {repeats} times: "
+                     f"bars show the mean of the {repeats} falls"
+                     + (", whiskers its 95% confidence interval (Student's t)." if repeats > 1 else "."))
     fig, ax = _figure(7.5, 0.32 * len(ranks) + 1.0)
     positions = range(len(ranks))[::-1]
-    ax.barh(positions, [r.importance_mean for r in ranks], xerr=[1.96 * r.importance_std for r in ranks],
-            color="#8e44ad", ecolor="#333", capsize=3)
+    ax.barh(positions, [r.importance_mean for r in ranks], xerr=half_width, color="#8e44ad", ecolor="#333",
+            capsize=3)
+    ax.axvline(0, color="#555", linewidth=0.8)
     ax.set_yticks(positions, [model.manifest.feature(r.feature).display_name for r in ranks])
-    ax.set_xlabel(f"importance ({messages[0].scoring or 'score'} decrease)")
-    section.images.append(_png(fig, "permutation importance with intervals"))
+    ax.set_xlabel(f"fall in {explainer.scoring} when shuffled")
+    section.images.append(_png(fig, "permutation importance with 95% intervals"))
     return section
 
 
 def _ice(claims: pd.DataFrame, top: list[str], model: LoadedModel) -> Section:
     section = Section("pdp-ice", "Partial dependence and ICE for the top features",
-                      intro="Thin lines: how each sampled claim's score moves as one feature varies (ICE); "
-                            "thick line: the average (partial dependence).")
+                      intro="Thick line: partial dependence, the model's mean score over its background sample "
+                            "(computed at registration) as the feature varies. Thin lines (ICE): how one "
+                            "claim's score moves as the feature varies, for the sampled claims that have this "
+                            "feature among their own top reasons by |SHAP| (each claim's ICE covers those), "
+                            "so they need not centre on the thick line; each panel says how many.")
     messages = _messages(claims, "ice", pb.IceResult)
     curves: dict[str, list[Any]] = {}
     for message in messages:
@@ -211,13 +241,15 @@ def _ice(claims: pd.DataFrame, top: list[str], model: LoadedModel) -> Section:
     for ax, feature in zip(axes[0], shown):
         first = curves[feature][0]
         x = np.asarray(first.grid) if len(first.grid) else np.arange(len(first.grid_labels))
-        for curve in curves[feature][:200]:
+        for curve in curves[feature][:ICE_CURVES]:
             if len(curve.ice) == len(x):
                 ax.plot(x, curve.ice, color="#2e86c1", alpha=0.12, linewidth=0.8)
         ax.plot(x, first.pdp, color="#c0392b", linewidth=2.5, label="PDP")
         if not len(first.grid):
             ax.set_xticks(x, first.grid_labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(model.manifest.feature(feature).display_name, fontsize=9)
+        drawn = min(len(curves[feature]), ICE_CURVES)
+        ax.set_title(f"{model.manifest.feature(feature).display_name}\n"
+                     f"ICE of {drawn} of {len(messages)} sampled claims", fontsize=9)
         ax.set_ylabel("score")
         ax.spines[["top", "right"]].set_visible(False)
     section.images.append(_png(fig, "PDP and ICE curves"))
@@ -226,12 +258,16 @@ def _ice(claims: pd.DataFrame, top: list[str], model: LoadedModel) -> Section:
 
 def _ebm(claims: pd.DataFrame, top: list[str], features: pd.DataFrame | None, model: LoadedModel) -> Section:
     section = Section("ebm", "EBM shape functions",
-                      intro="Each point is one sampled claim: its value of the feature and that feature's "
-                            "term in the explainable boosting machine (logit scale).")
+                      intro="The feature's term in the explainable boosting machine (logit scale) for the "
+                            "sampled claims: one point per claim for a number, the mean term of the claims "
+                            "in each category for a category.")
     messages = _messages(claims, "ebm", pb.EbmResult)
-    if not messages or features is None:
+    if not messages:
         section.unavailable = ("the run has no EBM results: the model is not an EBM and was registered "
                                "without an EBM surrogate, or the run excluded the method")
+        return section
+    if features is None:
+        section.unavailable = "the claims table is not readable any more, so the terms cannot be placed on its values"
         return section
     first = messages[0]
     kind = "a distilled surrogate of the model" if first.surrogate else "the model itself (native EBM)"
@@ -253,6 +289,7 @@ def _ebm(claims: pd.DataFrame, top: list[str], features: pd.DataFrame | None, mo
             ax.bar(range(len(means)), means.to_numpy(), color="#16a085")
             ax.set_xticks(range(len(means)), means.index, rotation=45, ha="right", fontsize=7)
         ax.axhline(0, color="#555", linewidth=0.8)
+        ax.set_ylabel("term (logit)" if ax is axes[0][0] else "")
         ax.set_title(model.manifest.feature(feature).display_name, fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
     section.images.append(_png(fig, "EBM shape functions"))
@@ -262,6 +299,9 @@ def _ebm(claims: pd.DataFrame, top: list[str], features: pd.DataFrame | None, mo
 def _reason_codes(claims: pd.DataFrame) -> Section:
     section = Section("reason-codes", "Reason-code frequency",
                       intro="How often each reason code is given, for referred and passed claims.")
+    if not len(claims):
+        section.unavailable = "no explained claims"
+        return section
     counts = {d: Counter(code for codes in claims.loc[claims["decision"] == d, "reason_codes"] for code in codes)
               for d in ("refer", "pass")}
     codes = [c for c, _ in (counts["refer"] + counts["pass"]).most_common(15)]
@@ -400,13 +440,17 @@ def _claims_at(table: ClaimsTable, rows: np.ndarray) -> list[dict[str, Any]]:
     return frame_to_claims(table.features.loc[rows])
 
 
-def _flagged(claims: pd.DataFrame, model: LoadedModel) -> Section:
+def _flagged(claims: pd.DataFrame, model: LoadedModel) -> tuple[Section, pd.DataFrame]:
+    """The section, and every flagged claim (most urgent first) for the flagged-claims file."""
+    sampled = int(claims["agreement_disagree"].notna().sum()) if "agreement_disagree" in claims else 0
     section = Section("flagged", "Cases flagged for human review",
-                      intro="Claims where the explanation methods disagree, or whose score sits within 0.02 "
-                            "of the decision threshold (the decision could flip on a small change).")
+                      intro="Claims whose score sits within 0.02 of the decision threshold (the decision could "
+                            "flip on a small change), checked for every claim; and claims where the explanation "
+                            f"methods disagree, which is known only for the {sampled:,} sampled claims that "
+                            "got the other methods.")
     if not len(claims):
         section.unavailable = "no explained claims"
-        return section
+        return section, pd.DataFrame(columns=FLAGGED_COLUMNS)
     reasons = pd.Series("", index=claims.index)
     near = (claims["score"] - model.manifest.threshold).abs() < 0.02
     reasons[near] = "near threshold"
@@ -418,25 +462,39 @@ def _flagged(claims: pd.DataFrame, model: LoadedModel) -> Section:
     flagged = flagged.assign(_disagree=flagged["why"].str.startswith("methods"),
                              _distance=(flagged["score"] - model.manifest.threshold).abs())
     flagged = flagged.sort_values(["_disagree", "_distance"], ascending=[False, True])
-    section.facts = [("Flagged", f"{len(flagged):,} of {len(claims):,} claims")]
+    disagreeing = int(flagged["_disagree"].sum())
+    section.facts = [("Flagged", f"{len(flagged):,} of {len(claims):,} claims: {len(flagged) - disagreeing:,} near "
+                                 f"the threshold only, {disagreeing:,} where methods disagree (of {sampled:,} "
+                                 f"checked)")]
+    listed = pd.DataFrame({"claim_id": flagged["claim_id"], "score": flagged["score"], "decision": flagged["decision"],
+                           "why": flagged["why"], "reason_codes": flagged["reason_codes"].map(", ".join),
+                           "receipt_id": flagged["receipt_id"]})
     if not len(flagged):
         section.unavailable = "no claim met a review criterion"
-        return section
+        return section, listed
+    section.facts.append(("Listed below", f"{min(len(flagged), FLAGGED_ROWS)} of {len(flagged):,}, disagreement "
+                                          f"first, then the closest to the threshold; {FLAGGED_FILE} next to this "
+                                          f"report lists them all"))
     section.table = {"columns": ["claim", "score", "decision", "why", "reason codes", "receipt"],
-                     "rows": [[r.claim_id, f"{r.score:.3f}", r.decision, r.why, ", ".join(r.reason_codes),
-                               r.receipt_id] for r in flagged.head(25).itertuples()]}
-    return section
+                     "rows": [[r.claim_id, f"{r.score:.3f}", r.decision, r.why, r.reason_codes, r.receipt_id]
+                              for r in listed.head(FLAGGED_ROWS).itertuples()]}
+    return section, listed
 
 
-def _reproducibility(run: dict) -> Section:
+def _reproducibility(run: dict, claims: pd.DataFrame) -> Section:
     identity, summary = run["identity"], run["summary"]
     head = summary.get("chain_head")
     section = Section("reproducibility", "Reproducibility",
                       intro="Rerunning with these settings, this model file and this data file reproduces the "
-                            "explanations; per-claim seeds are stored with each claim and its receipt.")
+                            "explanations: each claim's seed for the randomised methods follows from the run's "
+                            "seed and the claim's row, and is stored with the claim and its receipt.")
+    columns = [f"{m}_result" for m in identity["methods"] if f"{m}_result" in claims]
+    got_methods = int(claims[columns].notna().any(axis=1).sum()) if columns else 0
+    drawn = summary.get("sampled_rows", 0)
     section.facts = [
         ("Methods on the sample", ", ".join(identity["methods"]) or "SHAP only"),
-        ("Sample", f"{summary.get('sampled_rows', 0):,} claims (sample seed {identity['seed']})"),
+        ("Sample", f"{got_methods:,} explained claims (run seed {identity['seed']})"
+                   + (f"; {drawn - got_methods:,} more drawn rows were rejected" if drawn > got_methods else "")),
         ("Chunk size", str(identity["chunk_size"])),
         ("Scheduler", f"{run.get('scheduler', '')} ({run.get('workers', '')} worker(s))"),
         ("Settings", ", ".join(f"{k}={v}" for k, v in identity["settings"].items())),
@@ -474,11 +532,13 @@ def build_report(out: Path, *, registry_dir: Path | None = None, table: ClaimsTa
     features = table.features if table is not None else None
     top_k = int(identity["settings"]["top_k"])
     shap_section, top = _shap_sections(claims, names, features, model)
+    flagged_section, flagged = _flagged(claims, model)
     sections = [
-        _model_card(model, run, claims), shap_section, _permutation(claims, model), _ice(claims, top, model),
+        _model_card(model, run, claims), shap_section, _permutation(model), _ice(claims, top, model),
         _ebm(claims, top, features, model), _reason_codes(claims), _scores(claims, model), _stability(claims),
-        _faithfulness(claims, names, table, model, top_k), _flagged(claims, model), _reproducibility(run),
+        _faithfulness(claims, names, table, model, top_k), flagged_section, _reproducibility(run, claims),
     ]
+    flagged.to_csv(out / FLAGGED_FILE, index=False)
     directory = templates_dir()
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), autoescape=True)
     html = environment.get_template("report.html.j2").render(

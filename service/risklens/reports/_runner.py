@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -87,7 +88,7 @@ class AuditRunConfig:
     label_column: str | None = None
     id_column: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    seed: int = 0  # picks the sample; per-claim seeds come from the receipts as usual
+    seed: int = 0  # picks the sample and, with each claim's row, that claim's seed (see claim_seeds)
     top_k: int = 0
     device: str = ""
     lime_samples: int = 0
@@ -128,20 +129,30 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def _explain_settings(config: AuditRunConfig, service: ExplainService) -> dict[str, Any]:
     """The settings every chunk is explained with: the run's options, else the service's settings
     (resolved here, once, so that workers elsewhere, whose environment may differ, use the same)."""
+    from risklens.explainers.lime import DEFAULT_SAMPLES
+
     service.check_lime_samples(config.lime_samples)
     return {"top_k": service.resolve_top_k(config.top_k), "device": service.resolve_device(config.device),
-            "lime_samples": config.lime_samples, "agreement_threshold": service.settings.agreement_threshold}
+            "lime_samples": config.lime_samples or DEFAULT_SAMPLES,
+            "agreement_threshold": service.settings.agreement_threshold}
 
 
 def _identity(config: AuditRunConfig, model: LoadedModel, table: ClaimsTable, methods: tuple[str, ...],
-              settings: dict[str, Any]) -> dict:
-    """What must be equal for a rerun to continue this run (anything else would mix two runs)."""
+              settings: dict[str, Any], audit_url: str | None) -> dict:
+    """What must be equal for a rerun to continue this run (anything else would mix two runs): the
+    artifact and the whole manifest (threshold, audit policy), the table, the options and settings,
+    and where the records go (a pending chunk is recovered by looking its receipts up there)."""
+    from risklens.audit import RedactionPolicy, store_location
+
     return {
         "model": model.name, "version": model.version, "model_sha256": model.manifest.sha256,
+        "manifest_sha256": hashlib.sha256(model.manifest.model_dump_json().encode()).hexdigest(),
+        "audit": store_location(audit_url) if audit_url else None,
+        "redaction_key": RedactionPolicy.from_manifest(model.manifest.audit).key_fingerprint if audit_url else "",
         "data": str(Path(config.data).resolve()), "data_sha256": table.data_sha256, "rows": len(table),
         "chunk_size": config.chunk_size, "methods": list(methods), "sample": config.sample,
         "seed": config.seed, "settings": settings,
-        "label_column": config.label_column, "id_column": config.id_column, "record_audit": config.record_audit,
+        "label_column": config.label_column, "id_column": config.id_column,
     }
 
 
@@ -164,6 +175,16 @@ def _extra_methods(config: AuditRunConfig, service: ExplainService, model: Loade
         wanted = [m for m in config.methods if m.strip()]
     # Validates names and support now, before any work: unknown or unsupported methods fail the run.
     return tuple(m for m in service.resolve_methods(model, wanted) if m != "shap")
+
+
+def claim_seeds(run_seed: int, rows: range) -> list[int]:
+    """Each claim's seed for the randomised methods (LIME): from the run's seed and the claim's row.
+
+    A server call's default seed comes from its receipt id, new every call; a batch run's cannot,
+    or rerunning the same command on the same table would not reproduce its explanations.
+    """
+    prefix = f"risklens-run-seed:{run_seed}:".encode()
+    return [int.from_bytes(hashlib.sha256(prefix + str(row).encode()).digest()[:4], "big") for row in rows]
 
 
 def _sample_mask(n: int, sample: int, seed: int, methods: tuple[str, ...]) -> np.ndarray:
@@ -422,7 +443,8 @@ def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int,
                                        partial(dask_wait, return_when="FIRST_COMPLETED"), _ChunkQueue(tasks),
                                        2 * n_workers)  # two per worker: one runs while the next travels
     finally:
-        client.run(close_stores)
+        if tasks[0].audit_url:
+            client.run(close_stores, tasks[0].audit_url)
         client.close()
 
 
@@ -438,16 +460,16 @@ def _merge(out: Path, n_chunks: int, read: dict[int, pa.Table] | None = None) ->
     ``read``: chunk files already read during the run (by index); the others are read here.
     """
     read = read or {}
-    tables = [read[i] if i in read else pq.read_table(chunk_file(out, i)) for i in range(n_chunks)]
-    tables = [t for t in tables if t.num_rows]
+    read_tables = [read[i] if i in read else pq.read_table(chunk_file(out, i)) for i in range(n_chunks)]
+    tables = [t for t in read_tables if t.num_rows]
     if tables:
         claims = pa.concat_tables(tables, promote_options="default")
         rows = claims["row"]
         # Chunks hold row ranges in chunk order, so the concatenation is usually sorted already.
         if len(rows) > 1 and not pc.all(pc.greater(rows[1:], rows[:-1])).as_py():
             claims = claims.sort_by("row")
-    else:
-        claims = pa.table({"row": pa.array([], pa.int64())})
+    else:  # nothing explained (an empty table, or every row rejected): no rows, the same columns
+        claims = read_tables[0]
     write_parquet(claims, out / CLAIMS_FILE)
     reject_files = [chunk_file(out, i, "rejects") for i in range(n_chunks)]
     rejects = ([pd.read_parquet(f) for f in reject_files if pq.read_metadata(f).num_rows]
@@ -492,7 +514,7 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
         explain_settings = _explain_settings(config, service)
         table = read_claims_table(Path(config.data), model.manifest, id_column=config.id_column,
                                   label_column=config.label_column)
-        identity = _identity(config, model, table, methods, explain_settings)
+        identity = _identity(config, model, table, methods, explain_settings, audit_url)
         _claim_run(out, identity, {"created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
                                    "workers": config.workers, "worker_start": start_method,
                                    "ignored_columns": table.ignored_columns,
@@ -530,7 +552,8 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
             features=table.features.iloc[lo:hi], claim_ids=table.claim_ids[lo:hi],
             labels=None if labels is None else labels[lo:hi].tolist(), sampled=sampled[lo:hi].tolist(),
             methods=methods, top_k=explain_settings["top_k"], device=explain_settings["device"],
-            lime_samples=config.lime_samples, agreement_threshold=explain_settings["agreement_threshold"],
+            lime_samples=explain_settings["lime_samples"], agreement_threshold=explain_settings["agreement_threshold"],
+            seeds=claim_seeds(config.seed, range(lo, hi)),
             out_dir=str(out.resolve()), audit_url=audit_url, model_sha256=model.manifest.sha256)
 
     def rows_in(index: int) -> int:

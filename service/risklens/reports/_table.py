@@ -135,7 +135,8 @@ def _read_csv_as_text(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     try:
         return pd.read_csv(path, engine="pyarrow", **options)
     except (ValueError, pa.ArrowException) as error:
-        log.debug("Arrow could not read %s (%s); reading it with pandas' parser", path.name, error)
+        # The error's type only: Arrow's message quotes the offending row, i.e. claim values.
+        log.debug("Arrow could not read %s (%s); reading it with pandas' parser", path.name, type(error).__name__)
         return pd.read_csv(path, **options)
 
 

@@ -52,7 +52,7 @@ class ChunkTask:
     device: str = ""
     lime_samples: int = 0
     agreement_threshold: float | None = None  # None: the worker's setting
-    seed: int | None = None
+    seeds: list[int] | None = None  # per claim, for the randomised methods (None: from the receipts)
     out_dir: str = ""  # where the chunk's files go (shared storage when workers run elsewhere)
     audit_url: str | None = None  # None: no audit records
     model_sha256: str = ""  # the artifact the run was started with ("": whatever is loaded)
@@ -170,12 +170,12 @@ def _store(url: str) -> Any:
         return _stores[url]
 
 
-def close_stores() -> None:
-    """Close this process's audit store connections (run on every worker when a run ends)."""
+def close_stores(url: str | None = None) -> None:
+    """Close this process's audit store connections: all, or the one of ``url`` (a Dask worker may
+    be serving another run's chunks meanwhile: its store stays open)."""
     with _cache_lock:
-        for store in _stores.values():
-            store.close()
-        _stores.clear()
+        for key in [key for key in _stores if url is None or key == url]:
+            _stores.pop(key).close()
 
 
 # A chunk's rows that failed validation (the same columns whether there are any or not).
@@ -326,7 +326,7 @@ def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
     rows = task.features.index.to_list()
     sampled = np.asarray(task.sampled, dtype=bool)
     base = dict(top_k=task.top_k, device=task.device, lime_samples=task.lime_samples,
-                agreement_threshold=task.agreement_threshold, seed=task.seed)
+                agreement_threshold=task.agreement_threshold)
     outcomes: list[Explanation | RiskLensError | None] = [None] * len(rows)
     collector.take()  # nothing from an earlier, failed call may leak into this chunk's entries
     # Two calls at most: SHAP-only rows, and the sampled rows with the extra methods.
@@ -335,7 +335,9 @@ def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
         if not len(positions):
             continue
         explained = service.explain_frame(task.model, task.features.iloc[positions],
-                                          claim_ids=[task.claim_ids[p] for p in positions], version=task.version,
+                                          claim_ids=[task.claim_ids[p] for p in positions],
+                                          seeds=None if task.seeds is None else [task.seeds[p] for p in positions],
+                                          version=task.version,
                                           options=ExplainOptions(methods=methods, **base))
         for p, outcome in zip(positions.tolist(), explained):
             outcomes[p] = outcome
