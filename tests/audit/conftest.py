@@ -92,6 +92,21 @@ def _install_postgres() -> str:
     return ""
 
 
+def _reachable_by_others(path: Path) -> None:
+    """Let other users (the postgres user) pass through every directory above ``path``."""
+    for parent in path.parents:
+        if parent == Path("/"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+
+
+@pytest.fixture
+def reachable_by_others() -> Callable[[Path], None]:
+    """For tests that hand PostgreSQL a directory: pytest resets its ``pytest-of-<user>`` directory
+    to owner-only whenever another pytest session starts, so the session's setting may be gone."""
+    return _reachable_by_others
+
+
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server on a free loopback port for the session (installed if needed)."""
@@ -109,10 +124,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.skip("PostgreSQL cannot start: running as root and there is no 'postgres' user")
         as_user = ["runuser", "-u", "postgres", "--"]
         os.chmod(data_root, 0o777)
-        for parent in data_root.parents:  # the postgres user must be able to reach the directory
-            if parent == Path("/"):
-                break
-            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        _reachable_by_others(data_root)
     data_dir = data_root / "data"
     port = free_port()
     initdb = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "risklens",

@@ -280,7 +280,8 @@ def test_group_commit_gives_each_call_its_own_outcome(store: AuditStore, make_en
     _assert_single_chain(store, acknowledged)
 
 
-def test_postgres_out_of_disk_refuses_cleanly(postgres_url: str, tmp_path: Path, make_entries: EntryFactory) -> None:
+def test_postgres_out_of_disk_refuses_cleanly(postgres_url: str, tmp_path: Path, make_entries: EntryFactory,
+                                             reachable_by_others: Callable[[Path], None]) -> None:
     """PostgreSQL with the audit tables on a full filesystem: RESOURCE_EXHAUSTED, nothing half-written."""
     import psycopg
 
@@ -289,7 +290,7 @@ def test_postgres_out_of_disk_refuses_cleanly(postgres_url: str, tmp_path: Path,
     owner = subprocess.run(["id", "-u", "postgres"], capture_output=True, text=True).stdout.strip()
     mount_point = tmp_path / "tablespace"
     mount_point.mkdir()
-    os.chmod(tmp_path, 0o755)  # the postgres user must reach the mount point
+    reachable_by_others(mount_point)  # the postgres user must reach the mount point
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,uid={owner},mode=0700", "tmpfs",
                              str(mount_point)], capture_output=True, text=True)
     if result.returncode != 0:

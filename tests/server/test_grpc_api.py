@@ -167,6 +167,18 @@ def test_out_of_bounds_options_are_invalid_argument_naming_the_option(demo_stub,
     assert field_violation(info.value) == field and fragment in info.value.details()
 
 
+def test_gpu_on_a_machine_without_one_is_failed_precondition_naming_the_option(demo_stub, early_claim):
+    from risklens.trees._explainer import _gpu_available
+
+    if _gpu_available():
+        pytest.skip("this machine has a CUDA device; the no-GPU error cannot occur")
+    with pytest.raises(grpc.RpcError) as info:
+        demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", options=pb.ExplainOptions(device="gpu"),
+                                            features=claim_features(early_claim)))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert field_violation(info.value) == "options.device"
+
+
 def test_lime_at_the_sample_bounds_is_explained(demo_stub, early_claim):
     for samples in (100, 20_000):
         response = demo_stub.Explain(pb.ExplainRequest(model="demo-xgb", methods=["lime"], features=claim_features(

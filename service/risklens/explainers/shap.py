@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from risklens.errors import RiskLensError, UnsupportedModel
+from risklens.errors import DeviceUnavailable, RiskLensError, UnsupportedModel
 from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
 from risklens.registry import LoadedModel
 from risklens.trees import TreeShap
@@ -115,7 +115,10 @@ class ShapExplainer(Explainer):
         framework_raw = self.model.raw_from_matrix(matrix)
         used = "cpu"
         if self._tree is not None:
-            used = self._tree.resolve_device(device)
+            try:
+                used = self._tree.resolve_device(device)
+            except DeviceUnavailable as error:  # to the service's callers the device is a request option
+                raise DeviceUnavailable(error.message, field="options.device") from None
             column_values, base = self._tree.shap_values(matrix, device=used)
             # The engine's evaluation of the trees is the SHAP values' sum (local accuracy), so one
             # comparison with the framework's prediction checks the normalized trees and the kernel
