@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,9 +28,50 @@ app.add_typer(audit_app, name="audit")
 audit_app.command("run")(audit_run)
 
 
+TRACEBACK_ENV = "RISKLENS_TRACEBACK"
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    """risklens's own INFO lines (DEBUG with --verbose); other libraries' warnings only (interpret
+    alone logs some 230 INFO lines registering one model)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("risklens").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _input_problem(error: BaseException) -> str | None:
+    """A one-line description of an error caused by what the user passed (a file, a value), or None
+    for anything else: a bug, which keeps its traceback."""
+    import yaml
+    from pydantic import ValidationError
+
+    from risklens.errors import RiskLensError
+
+    if isinstance(error, RiskLensError):
+        return error.message + (f" ({error.field})" if error.field and error.field not in error.message else "")
+    if isinstance(error, ValidationError):  # settings (RISKLENS_* or options) and manifests
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or error.title}: {e['msg']}" for e in error.errors())
+    if isinstance(error, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({error.reason} at byte {error.start})"
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    if isinstance(error, (ValueError, yaml.YAMLError)):  # JSON, CSV, Parquet and YAML parse errors among them
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # Less self-explanatory than the cases above: say how to see where it came from.
+        return f"{type(error).__name__}: {first} (set {TRACEBACK_ENV}=1 to see where it was raised)"
+    return None
+
+
+def main() -> None:
+    """The ``risklens`` command: bad input ends in one line on stderr and exit status 2, not a traceback."""
+    try:
+        app()
+    except Exception as error:  # noqa: BLE001 - input problems become one line; anything else is re-raised
+        problem = _input_problem(error)
+        if problem is None or os.environ.get(TRACEBACK_ENV):
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(2)
 
 
 ModelsOption = Annotated[Optional[Path], typer.Option(
@@ -169,18 +213,37 @@ def models_add(
     from risklens.registry.registration import REGISTRATION_STEPS, read_model_file, read_table, register_model
 
     _setup_logging(False)
-    directory = settings(models_dir=models).models_dir / name
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise typer.BadParameter(f"{name!r} is not a plain directory name", param_hint="--name")
+    if not 0.0 < holdout_fraction < 1.0:
+        raise typer.BadParameter(f"must be strictly between 0 and 1, got {holdout_fraction}",
+                                 param_hint="--holdout-fraction")
+    if not 0.0 <= threshold <= 1.0:  # the score of a binary model is a probability
+        raise typer.BadParameter(f"must be a probability between 0 and 1, got {threshold}", param_hint="--threshold")
+    models_dir = settings(models_dir=models).models_dir
+    directory = models_dir / name
     if directory.exists() and any(directory.iterdir()) and not force:
         typer.echo(f"{directory} already exists; pass --force to replace it", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
+    # Written beside its final place and moved there whole: a failed registration leaves nothing
+    # that `models list` or a server would load, and --force never mixes old and new artifacts.
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's owner-only mode would stay on the model directory
     try:
         frame = read_table(data)
+        if frame.empty:
+            raise typer.BadParameter(f"{data} has no rows", param_hint="--data")
         hold = None
         if label is not None:
             if label not in frame.columns:
                 raise typer.BadParameter(f"--label {label!r} is not a column of {data}")
             if holdout is not None:
                 hold_frame = read_table(holdout)
+                if hold_frame.empty:
+                    raise typer.BadParameter(f"{holdout} has no rows", param_hint="--holdout")
                 hold = (hold_frame.drop(columns=[label]), hold_frame[label].astype(int))
             else:
                 held = frame.sample(frac=holdout_fraction, random_state=seed)
@@ -203,13 +266,18 @@ def models_add(
                 started.append(step)
                 bar.set_description(step)
 
-            manifest = register_model(directory, estimator, frame, name=name, version=version, holdout=hold,
+            manifest = register_model(staging, estimator, frame, name=name, version=version, holdout=hold,
                                       features=features, reason_codes=catalogue, threshold=threshold,
                                       description=description, seed=seed, progress=progress)
             bar.update(1)
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
     except RiskLensError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     typer.echo(f"registered {manifest.name} {manifest.version} ({manifest.framework}) in {directory}: "
                f"sha256 {manifest.sha256[:16]}, {len(manifest.features)} features, "
                f"artifacts {', '.join(sorted(manifest.artifacts)) or 'none'}")
@@ -217,4 +285,4 @@ def models_add(
         typer.echo(f"the schema was inferred from {data}: review the features in {directory / 'manifest.yaml'}")
 
 if __name__ == "__main__":
-    app()
+    main()

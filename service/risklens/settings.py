@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), description="Directory of model directories to load.")
     data_dir: Path = Field(Path("var"), description="Where the server keeps its state (audit DB, keys).")
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
-    port: int = Field(50051, description="gRPC port; 0 picks a free one.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     workers: int = Field(8, ge=1, description="gRPC worker threads.")
     max_batch_size: int = Field(1000, ge=1, description="Largest ExplainBatch accepted (RESOURCE_EXHAUSTED above).")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="gRPC send/receive message size limit.")

@@ -63,7 +63,7 @@ def test_models_add_cli(tmp_path, synthetic, schema_matrix, synthetic_features):
     again = CliRunner().invoke(app, [
         "models", "add", str(tmp_path / "model.json"), "--data", str(tmp_path / "claims.csv"),
         "--name", "cli-xgb", "--schema", str(schema), "--models", str(tmp_path / "models")])
-    assert again.exit_code == 1 and "--force" in again.output
+    assert again.exit_code == 2 and "--force" in again.output
 
 
 def test_models_add_help():

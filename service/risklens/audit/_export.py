@@ -26,6 +26,7 @@ ExportFormat = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
 MANIFEST_FILE = "manifest.json"
 NOTICES_FILE = "adverse_action_notices.csv"
+_EXPORT_FILES = {MANIFEST_FILE, NOTICES_FILE, *(f"records.{f}" for f in FORMATS)}
 # Adverse-action notices conventionally state at most four principal reasons.
 NOTICE_REASONS = 4
 _FLAT_COLUMNS = ("sequence", "receipt_id", "created_at", "model_name", "model_version", "model_sha256",
@@ -84,8 +85,28 @@ def write_export(items: Iterable[risklens_pb2.Receipt | risklens_pb2.ExportManif
         raise InvalidRequest(f"export format {export_format!r}: expected one of {', '.join(FORMATS)}",
                              field="format")
     directory = Path(out_dir)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidRequest(f"export directory {directory} is a file", field="out")
+    existing = sorted(p.name for p in directory.glob("*") if p.name in _EXPORT_FILES) if directory.is_dir() else []
+    if existing:
+        raise InvalidRequest(f"{directory} already holds an export ({', '.join(existing)}): write each export to a "
+                             f"new directory", field="out")
     directory.mkdir(parents=True, exist_ok=True)
     records_path = directory / f"records.{export_format}"
+    written = (records_path, directory / NOTICES_FILE, directory / MANIFEST_FILE)
+    try:
+        manifest = _write_files(items, directory, records_path, export_format)
+    except BaseException:
+        for path in written:  # a failed export leaves no partial files for a verifier to trip over
+            path.unlink(missing_ok=True)
+        raise
+    for path in written:
+        _fsync_file(path)
+    return manifest
+
+
+def _write_files(items: Iterable[risklens_pb2.Receipt | risklens_pb2.ExportManifest], directory: Path,
+                 records_path: Path, export_format: str) -> risklens_pb2.ExportManifest:
     manifest: risklens_pb2.ExportManifest | None = None
     with open(directory / NOTICES_FILE, "w", newline="", encoding="utf-8") as notices_handle:
         notices = AdverseNoticeWriter(notices_handle)
@@ -116,8 +137,6 @@ def write_export(items: Iterable[risklens_pb2.Receipt | risklens_pb2.ExportManif
         raise InvalidRequest("the export stream ended without a manifest; the export is incomplete")
     (directory / MANIFEST_FILE).write_text(
         json.dumps(message_dict(manifest), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    for path in (records_path, directory / NOTICES_FILE, directory / MANIFEST_FILE):
-        _fsync_file(path)
     return manifest
 
 

@@ -81,7 +81,8 @@ def store_location(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    path = "/" + parts.path.lstrip("/") if parts.scheme == "sqlite" else parts.path  # as open_store reads it
+    return f"{parts.scheme}://{host}{port}{path}"
 
 
 class _Prepared:
@@ -785,9 +786,10 @@ def open_store(url: str, *, signing_key: Ed25519PrivateKey | None = None,
             page_size = _page_size(query["page_size"][0], url)
         elif page_size is not None:
             page_size = _page_size(str(page_size), url)
-        if not create and not Path(parts.path).is_file():
-            raise AuditUnavailable(f"no audit database at {parts.path}: check the data directory or audit URL")
-        return SqliteAuditStore(url, Path(parts.path), max_page_count=max_pages, page_size=page_size,
+        path = Path("/" + parts.path.lstrip("/"))  # sqlite:////abs/path (a slash too many) names the same file
+        if not create and not path.is_file():
+            raise AuditUnavailable(f"no audit database at {path}: check the data directory or audit URL")
+        return SqliteAuditStore(url, path, max_page_count=max_pages, page_size=page_size,
                                 signing_key=signing_key, checkpoint_every=checkpoint_every)
     if parts.scheme in ("postgresql", "postgres"):
         return PostgresAuditStore(url, signing_key=signing_key, checkpoint_every=checkpoint_every)

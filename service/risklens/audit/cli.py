@@ -144,9 +144,12 @@ def export(
     from risklens.audit import write_export
 
     try:
+        low, high = _time(from_time, "--from"), _time(to_time, "--to")
+        if low and high and high < low:
+            raise InvalidRequest(f"--to ({to_time}) is before --from ({from_time})", field="--to")
         store = _open(data_dir, url)
         try:
-            manifest = write_export(store.export(_time(from_time, "--from"), _time(to_time, "--to"), model), out, export_format)
+            manifest = write_export(store.export(low, high, model), out, export_format)
         finally:
             store.close()
     except RiskLensError as error:

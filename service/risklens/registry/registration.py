@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
-from risklens.errors import InvalidRequest
+from risklens.errors import InvalidRequest, UnsupportedModel
 from risklens.registry.builder import BACKGROUND_ROWS, infer_schema, write_model_dir
 from risklens.registry.hashing import file_sha256
 from risklens.registry.loader import LoadedModel, load_model_dir
@@ -363,9 +363,23 @@ def read_model_file(path: Path, framework: str = "auto") -> Any:
     """A trained model from disk: XGBoost JSON/UBJ, LightGBM text, or a joblib file (scikit-learn
     estimator or Pipeline, interpret EBM). Unpickling runs code: only pass files you trust."""
     path = Path(path)
+    if not path.is_file():
+        raise InvalidRequest(f"model file {path} does not exist or is not a file", field="model_file")
     suffix = path.suffix.lower()
     if framework == "auto":
         framework = {".json": "xgboost", ".ubj": "xgboost", ".txt": "lightgbm"}.get(suffix, "joblib")
+    if framework not in ("xgboost", "lightgbm", "joblib", "sklearn", "ebm"):
+        raise InvalidRequest(f"unknown framework {framework!r}; use auto, xgboost, lightgbm, sklearn or ebm",
+                             field="framework")
+    try:
+        return _load_model_file(path, framework)
+    except Exception as error:  # noqa: BLE001 - each library fails its own way on a file that is not its model
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise UnsupportedModel(f"cannot read {path} as a {framework} model ({type(error).__name__}: {first}); "
+                               f"check the file and --framework", field="model_file") from error
+
+
+def _load_model_file(path: Path, framework: str) -> Any:
     if framework == "xgboost":
         import xgboost as xgb
 
@@ -376,9 +390,6 @@ def read_model_file(path: Path, framework: str = "auto") -> Any:
         import lightgbm as lgb
 
         return lgb.Booster(model_file=str(path))
-    if framework in ("joblib", "sklearn", "ebm"):
-        import joblib
+    import joblib
 
-        return joblib.load(path)
-    raise InvalidRequest(f"unknown framework {framework!r}; use auto, xgboost, lightgbm, sklearn or ebm",
-                         field="framework")
+    return joblib.load(path)

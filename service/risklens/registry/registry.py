@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from risklens.errors import ModelNotFound
+from risklens.errors import ManifestError, ModelNotFound
 from risklens.registry.loader import LoadedModel, load_model_dir
 from risklens.registry.manifest import MANIFEST_FILE
 
@@ -26,10 +26,17 @@ class ModelRegistry:
     def from_directory(cls, root: Path) -> "ModelRegistry":
         """Load every ``*/manifest.yaml`` under ``root`` (a model directory itself is accepted too)."""
         root = Path(root)
+        if not root.is_dir():
+            raise ManifestError(f"models directory {root} does not exist or is not a directory",
+                                field="models_dir")
+        # Hidden directories are skipped: `models add` builds a model in one before moving it in place.
         dirs = [root] if (root / MANIFEST_FILE).is_file() else sorted(
-            p.parent for p in root.glob(f"*/{MANIFEST_FILE}"))
+            p.parent for p in root.glob(f"*/{MANIFEST_FILE}") if not p.parent.name.startswith("."))
         registry = cls([load_model_dir(d) for d in dirs])
-        log.info("registry: %d model(s) from %s", len(dirs), root)
+        if dirs:
+            log.info("registry: %d model(s) from %s", len(dirs), root)
+        else:
+            log.warning("registry: no model directories (*/%s) in %s", MANIFEST_FILE, root)
         return registry
 
     def add(self, model: LoadedModel) -> None:

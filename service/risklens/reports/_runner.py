@@ -156,7 +156,8 @@ def _identity(config: AuditRunConfig, model: LoadedModel, table: ClaimsTable, me
     }
 
 
-def _claim_run(out: Path, identity: dict, extra: dict) -> None:
+def _check_run(out: Path, identity: dict) -> None:
+    """Refuse to continue a run in ``out`` that is not this one (anything else would mix two runs)."""
     run_file = out / RUN_FILE
     if run_file.exists():
         previous = json.loads(run_file.read_text())
@@ -164,8 +165,6 @@ def _claim_run(out: Path, identity: dict, extra: dict) -> None:
         if differing:
             raise InvalidRequest(f"{out} holds a different audit run (differs in {differing}); "
                                  f"use a new --out directory to start another run", field="out")
-        return
-    _atomic_write_bytes(run_file, json.dumps({"identity": identity, **extra}, indent=2).encode())
 
 
 def _extra_methods(config: AuditRunConfig, service: ExplainService, model: LoadedModel) -> tuple[str, ...]:
@@ -487,8 +486,11 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
         raise InvalidRequest("chunk size must be at least 1", field="chunk_size")
     if config.workers < 1:
         raise InvalidRequest("workers must be at least 1", field="workers")
+    if config.sample < 0:
+        raise InvalidRequest("sample must be 0 (every claim) or a positive number of claims", field="sample")
     out = Path(config.out)
-    (out / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InvalidRequest(f"--out {out} is a file, not a directory", field="out")
     models_dir = Path(config.models_dir).resolve()
     audit_url = _audit_url(config, settings)
     audited = audit_url is not None
@@ -515,14 +517,17 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
         table = read_claims_table(Path(config.data), model.manifest, id_column=config.id_column,
                                   label_column=config.label_column)
         identity = _identity(config, model, table, methods, explain_settings, audit_url)
-        _claim_run(out, identity, {"created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
-                                   "workers": config.workers, "worker_start": start_method,
-                                   "ignored_columns": table.ignored_columns,
-                                   "models_dir": str(models_dir), "library_versions": library_versions()})
-        if audit_url:
+        _check_run(out, identity)
+        if audit_url:  # before the run is claimed: a store that cannot be opened leaves no run behind
             from risklens.audit import BATCH_PAGE_SIZE, open_store
 
             store = open_store(audit_url, page_size=BATCH_PAGE_SIZE)  # a new trail: pages for 2,000-record commits
+        (out / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
+        if not (out / RUN_FILE).exists():
+            _atomic_write_bytes(out / RUN_FILE, json.dumps({
+                "identity": identity, "created_at": datetime.now(UTC).isoformat(), "scheduler": config.scheduler,
+                "workers": config.workers, "worker_start": start_method, "ignored_columns": table.ignored_columns,
+                "models_dir": str(models_dir), "library_versions": library_versions()}, indent=2).encode())
         return _run(config, out, models_dir, model, methods, explain_settings, table, store, audit_url, local_pool)
     finally:
         if local_pool is not None:

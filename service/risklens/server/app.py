@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import signal
@@ -68,16 +69,23 @@ class RunningServer:
 def start_server(settings: Settings, service: ExplainService | None = None) -> RunningServer:
     service = service or build_service(settings)
     options = [("grpc.max_send_message_length", settings.max_message_bytes),
-               ("grpc.max_receive_message_length", settings.max_message_bytes)]
+               ("grpc.max_receive_message_length", settings.max_message_bytes),
+               # gRPC sets SO_REUSEPORT by default: a second server on a port already served would
+               # bind too and share its calls (with another audit trail), silently.
+               ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers), options=options)
     pb_grpc.add_RiskLensServicer_to_server(RiskLensServicer(service), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {settings.host}:{settings.port} (the port is taken, "
+                                        f"or the address is not one of this machine's)")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
