@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     def resolved_audit_url(self) -> str:
         if self.audit_url:
             return self.audit_url
-        return f"sqlite:///{(self.data_dir / 'audit.db').resolve()}"
+        return f"sqlite://{(self.data_dir / 'audit.db').resolve()}"  # an absolute path: sqlite:///abs/path
 
     def resolved_signing_key_path(self) -> Path:
         return self.audit_signing_key or self.data_dir / "audit-signing-key.pem"
