@@ -377,6 +377,32 @@ def test_a_table_with_nothing_to_explain_still_gives_the_outputs(kind, tmp_path)
     assert html.count("Not available for this run") >= 7 and "no explained claims" in html
 
 
+def test_a_chunk_run_again_after_it_was_recorded_is_not_recorded_twice(tmp_path):
+    """A Dask task runs again when its worker is lost: if that worker had recorded the chunk and died
+    before answering, the second execution keeps the first one's results instead of recording again."""
+    from risklens.reports._worker import ChunkTask, chunk_file, close_stores, explain_chunk
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    data = _small_table(tmp_path, 30)
+    table = read_claims_table(data, ModelRegistry.from_directory(models).get("demo-xgb").manifest)
+    table.features.loc[4, "claim_amount"] = -1.0  # one reject, kept too
+    out = tmp_path / "run"
+    (out / "chunks").mkdir(parents=True)
+    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    task = ChunkTask(index=0, models_dir=str(models), model="demo-xgb", version="", features=table.features,
+                     claim_ids=table.claim_ids, labels=None, sampled=[False] * len(table), methods=(),
+                     out_dir=str(out), audit_url=audit_url)
+    try:
+        first = explain_chunk(task)
+        pending = pd.read_parquet(chunk_file(out, 0, suffix=".pending.parquet"))
+        again = explain_chunk(task)
+    finally:
+        close_stores()
+    assert (first.explained, first.rejected) == (again.explained, again.rejected) == (29, 1)
+    pd.testing.assert_frame_equal(pd.read_parquet(chunk_file(out, 0, suffix=".pending.parquet")), pending)
+    assert sorted(_audited_receipts(audit_url)) == sorted(pending["receipt_id"])
+
+
 def test_unknown_method_is_refused(fraud_models_dir, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown method"):
         run_audit(AuditRunConfig(model="fraud-oracle", data=FRAUD_CSV, out=tmp_path, models_dir=fraud_models_dir,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from risklens.core import ExplainOptions, ExplainService, Explanation
-from risklens.errors import ArtifactIntegrityError, RiskLensError
+from risklens.errors import ArtifactIntegrityError, ReceiptNotFound, RiskLensError
 from risklens.registry import LoadedModel, ModelRegistry
 from risklens.settings import Settings
 
@@ -316,8 +316,34 @@ def _collection_between_chunks() -> Iterator[None]:
 
 def explain_chunk(task: ChunkTask) -> ChunkOutcome:
     """Explain one chunk with the core and write its pending files; per-row errors become rejects."""
+    recorded = _recorded_before(task)
+    if recorded is not None:
+        return recorded
     with _collection_between_chunks():
         return _explain_chunk(task)
+
+
+def _recorded_before(task: ChunkTask) -> ChunkOutcome | None:
+    """The outcome of an earlier execution of this chunk that recorded it, or None.
+
+    A Dask task runs again when its worker is lost; if that worker had already recorded the chunk
+    (its pending file written, its receipts in the trail) and died before answering, explaining the
+    chunk again would record every claim twice. The earlier execution's files stand instead, as a
+    rerun's recovery (``_recover_pending``) would take them.
+    """
+    pending = chunk_file(Path(task.out_dir), task.index, suffix=".pending.parquet")
+    if not task.audit_url or not pending.exists():
+        return None
+    receipts = pq.read_table(pending, columns=["receipt_id"]).column(0).to_pylist()
+    if not receipts:
+        return None
+    try:
+        _store(task.audit_url).get(receipts[0])  # a chunk's records are one transaction: one present, all present
+    except ReceiptNotFound:
+        return None
+    rejected = pq.read_metadata(chunk_file(Path(task.out_dir), task.index, "rejects")).num_rows
+    log.warning("chunk %d was explained and recorded by an earlier execution: its results stand", task.index)
+    return ChunkOutcome(task.index, len(receipts), rejected, worker_name())
 
 
 def _explain_chunk(task: ChunkTask) -> ChunkOutcome:
