@@ -78,6 +78,14 @@ def test_audit_run_refuses_bad_options_before_claiming_the_output(tmp_path: Path
     failed = run_cli(*common, "--out", str(tmp_path / "run"), "--audit-url", "ftp://example/audit")
     assert failed.returncode == 2 and "scheme must be sqlite or postgresql" in failed.stderr, failed.stderr[-2000:]
     assert not (tmp_path / "run" / "run.json").exists()
+    from risklens.trees import gpu_available
+
+    refused = [(["--scheduler", "bogus"], "Dask address"), (["--label", "claim_amount"], "holds no 0/1")]
+    if not gpu_available():
+        refused.append((["--device", "gpu"], "no CUDA device"))
+    for options, fragment in refused:
+        assert_one_line_error(run_cli(*common, "--out", str(tmp_path / "run"), "--no-audit", *options), fragment)
+        assert not (tmp_path / "run" / "run.json").exists()
     done = run_cli(*common, "--out", str(tmp_path / "run"), "--methods", "shap", "--no-report", "--no-progress",
                    "--audit-url", f"sqlite:///{tmp_path / 'audit.db'}")
     assert done.returncode == 0 and "explained 300 claims" in done.stdout, done.stderr[-2000:]
@@ -87,7 +95,9 @@ def test_models_add_validates_and_never_leaves_a_half_written_model(tmp_path: Pa
                                                                    xgb_file: Path) -> None:
     models = tmp_path / "models"
     add = ["models", "add", str(xgb_file), "--data", str(claims_csv), "--models", str(models)]
-    for options, fragment in ((["--name", "../escaped"], "not a plain directory name"),
+    for options, fragment in ((["--name", "../escaped"], "'../escaped' is not a plain name"),
+                              (["--name", ".hidden"], "'.hidden' is not a plain name"),
+                              (["--name", "m", "--version", ""], "--version: '' is not a plain name"),
                               (["--name", "m", "--label", "fraud", "--holdout-fraction", "1.5"], "strictly between"),
                               (["--name", "m", "--threshold", "5"], "probability between 0 and 1")):
         result = run_cli(*add, *options)
@@ -97,6 +107,12 @@ def test_models_add_validates_and_never_leaves_a_half_written_model(tmp_path: Pa
     assert_one_line_error(run_cli("models", "add", str(claims_csv), "--framework", "sklearn", "--data",
                                   str(claims_csv), "--models", str(models), "--name", "m"), "error:")
     assert not models.exists() or not any(models.iterdir())
+    # A reason-code catalogue that does not load is refused before the model is moved in place.
+    catalogue = tmp_path / "codes.yaml"
+    catalogue.write_text("codes: 5\n")
+    assert_one_line_error(run_cli(*add, "--name", "m", "--label", "fraud", "--reason-codes", str(catalogue)),
+                          "invalid reason-code catalogue")
+    assert not any(models.iterdir())
     # --force replaces a model directory whole: nothing of the old one survives.
     (models / "m").mkdir(parents=True)
     (models / "m" / "stale.json").write_text("{}")
@@ -122,6 +138,7 @@ def test_serve_refuses_a_port_that_is_taken_or_out_of_range(demo_models_dir: Pat
         second = run_cli("serve", "--models", str(demo_models_dir), "--port", str(port), "--data-dir",
                          str(tmp_path / "two"), timeout=60)
         assert_one_line_error(second, f"cannot listen on 127.0.0.1:{port}")
+        assert not (tmp_path / "two").exists()  # the port is tried first: no audit store or key made
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=30)
@@ -143,5 +160,16 @@ def test_audit_export_never_leaves_a_partial_or_mixed_export(tmp_path: Path, dem
     again = run_cli("audit", "export", "--out", str(out), "--format", "csv", *audit)
     assert_one_line_error(again, "already holds an export")
     assert sorted(p.name for p in out.iterdir()) == ["adverse_action_notices.csv", "manifest.json", "records.jsonl"]
+    assert_one_line_error(run_cli("audit", "verify", str(out), "--public-key", "abcd"), "64 hex digits")
     verified = run_cli("audit", "verify", str(out))
     assert verified.returncode == 0 and "300 records" in verified.stdout, verified.stdout
+
+
+def test_a_configured_signing_key_that_is_missing_stops_the_server(demo_models_dir: Path, tmp_path: Path) -> None:
+    """RISKLENS_AUDIT_SIGNING_KEY names the key to use: a wrong path is an error, not a new key there."""
+    missing = tmp_path / "keys" / "audit.pem"
+    result = subprocess.run([*RISKLENS, "serve", "--models", str(demo_models_dir), "--port", "0", "--data-dir",
+                             str(tmp_path / "data")], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "RISKLENS_AUDIT_SIGNING_KEY": str(missing)})
+    assert_one_line_error(result, "cannot read the audit signing key")
+    assert not missing.exists()

@@ -132,8 +132,9 @@ def explain(
     target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
     methods: Annotated[str, typer.Option(help="Comma-separated: shap,lime,ice,ebm,permutation,agreement or all.")] = "shap",
     claim_id: Annotated[str, typer.Option(help="Your identifier for the claim (stored in the audit trail).")] = "",
-    seed: Annotated[Optional[int], typer.Option(help="Seed for randomised methods (default: from the receipt).")] = None,
-    top_k: Annotated[int, typer.Option(help="Reasons to show each way (0: server default).")] = 0,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=2**64 - 1,
+                                                help="Seed for randomised methods (default: from the receipt).")] = None,
+    top_k: Annotated[int, typer.Option(min=0, max=20, help="Reasons to show each way (0: server default).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the response as JSON with the proto field names.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 30.0,
 ) -> None:
@@ -209,12 +210,16 @@ def models_add(
     from tqdm import tqdm
 
     from risklens.errors import RiskLensError
-    from risklens.registry import FeatureSpec, infer_schema
+    from risklens.rationale import load_catalogue
+    from risklens.registry import FeatureSpec, infer_schema, load_model_dir
     from risklens.registry.registration import REGISTRATION_STEPS, read_model_file, read_table, register_model
 
     _setup_logging(False)
-    if not name or name in (".", "..") or Path(name).name != name:
-        raise typer.BadParameter(f"{name!r} is not a plain directory name", param_hint="--name")
+    for value, option in ((name, "--name"), (version, "--version")):
+        # A plain, visible directory name: hidden ones are where models are built, and are not loaded.
+        if not value or value.startswith(".") or Path(value).name != value:
+            raise typer.BadParameter(f"{value!r} is not a plain name (no path, not hidden, not empty)",
+                                     param_hint=option)
     if not 0.0 < holdout_fraction < 1.0:
         raise typer.BadParameter(f"must be strictly between 0 and 1, got {holdout_fraction}",
                                  param_hint="--holdout-fraction")
@@ -270,6 +275,7 @@ def models_add(
                                       features=features, reason_codes=catalogue, threshold=threshold,
                                       description=description, seed=seed, progress=progress)
             bar.update(1)
+        load_catalogue(load_model_dir(staging))  # it loads, catalogue included, before it is moved in place
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)

@@ -127,10 +127,16 @@ class ExplainService:
         self._audit_contexts: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         if audit is not None:
-            # Each model's redaction policy now, at start: one that cannot be applied (it hashes
-            # fields and no HMAC key is set) stops the server or run here, not every request later.
-            for model in registry.models():
-                self._audit_context(model)
+            self.check_audit_policies(registry)
+
+    @staticmethod
+    def check_audit_policies(registry: ModelRegistry) -> None:
+        """Each model's redaction policy, built now: one that cannot be applied (it hashes fields and
+        no HMAC key is set) stops the server or run at start, not every request later."""
+        from risklens.audit import RedactionPolicy
+
+        for model in registry.models():
+            RedactionPolicy.from_manifest(model.manifest.audit)
 
     # ------------------------------------------------------------------ setup helpers
 

@@ -30,6 +30,13 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     return key
 
 
+def configured_signing_key(configured: str | os.PathLike[str] | None,
+                           development: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """The key the settings name (it must exist: a mistyped path is an error, not a new key), else
+    the development key at ``development`` (generated on first use)."""
+    return load_signing_key(configured) if configured else load_or_create_signing_key(development)
+
+
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Load the key, or generate a development key there (mode 0600) when the file is absent."""
     key_path = Path(path)

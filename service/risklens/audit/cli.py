@@ -56,7 +56,14 @@ def _public_key(value: str | None) -> bytes | None:
     if not value:
         return None
     text = Path(value).read_text().strip() if os.path.isfile(value) else value.strip()
-    return bytes.fromhex(text)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise InvalidRequest("--public-key must be a raw Ed25519 public key: 64 hex digits (or a file holding them)",
+                             field="--public-key")
+    return key
 
 
 @audit_app.command()
@@ -134,7 +141,7 @@ def replay(
 def export(
     out: Annotated[Path, typer.Option(help="Directory to write the export into.")],
     from_time: Annotated[Optional[str], typer.Option("--from", help="RFC 3339 start (inclusive); omit for no lower bound.")] = None,
-    to_time: Annotated[Optional[str], typer.Option("--to", help="RFC 3339 end (inclusive); omit for no upper bound.")] = None,
+    to_time: Annotated[Optional[str], typer.Option("--to", help="RFC 3339 end (inclusive; a date alone is its 00:00 UTC); omit for no upper bound.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Only this model's records.")] = None,
     export_format: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "jsonl",
     url: UrlOption = None,
@@ -189,16 +196,14 @@ def checkpoint(
     data_dir: DataDirOption = None,
 ) -> None:
     """Sign the current chain head with Ed25519 and store the checkpoint."""
-    from risklens.audit import load_or_create_signing_key, load_signing_key
+    from risklens.audit import configured_signing_key, load_signing_key
 
     settings = _settings(data_dir, url)
     try:
         store = _open(data_dir, url)  # first: no development key is made beside a trail that is not there
         try:
-            if key is not None or settings.audit_signing_key is not None:
-                signing_key = load_signing_key(key or settings.audit_signing_key)
-            else:
-                signing_key = load_or_create_signing_key(settings.resolved_signing_key_path())
+            signing_key = (load_signing_key(key) if key is not None else
+                           configured_signing_key(settings.audit_signing_key, settings.resolved_signing_key_path()))
             signed = store.checkpoint(signing_key)
         finally:
             store.close()

@@ -355,7 +355,10 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq"):
         return pd.read_parquet(path)
     if path.suffix.lower() in (".csv", ".txt"):
-        return pd.read_csv(path)
+        try:
+            return pd.read_csv(path)
+        except UnicodeDecodeError as error:
+            raise InvalidRequest(f"{path} is not UTF-8 text ({error.reason})", field="data") from None
     raise InvalidRequest(f"{path} is neither .csv nor .parquet", field="data")
 
 

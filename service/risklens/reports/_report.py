@@ -135,6 +135,8 @@ def _model_card(model: LoadedModel, run: dict, claims: pd.DataFrame) -> Section:
             ]
         else:
             section.facts.append(("Metrics", "not computed: the labelled claims hold only one class"))
+    elif "label" in claims:
+        section.facts.append(("Metrics", "not computed: no explained claim has a 0/1 label"))
     else:
         section.facts.append(("Metrics", "not computed: the run had no label column (--label)"))
     return section
@@ -225,6 +227,9 @@ def _ice(claims: pd.DataFrame, top: list[str], model: LoadedModel) -> Section:
                             "claim's score moves as the feature varies, for the sampled claims that have this "
                             "feature among their own top reasons by |SHAP| (each claim's ICE covers those), "
                             "so they need not centre on the thick line; each panel says how many.")
+    if not len(claims):
+        section.unavailable = "no explained claims"
+        return section
     messages = _messages(claims, "ice", pb.IceResult)
     curves: dict[str, list[Any]] = {}
     for message in messages:
@@ -261,6 +266,9 @@ def _ebm(claims: pd.DataFrame, top: list[str], features: pd.DataFrame | None, mo
                       intro="The feature's term in the explainable boosting machine (logit scale) for the "
                             "sampled claims: one point per claim for a number, the mean term of the claims "
                             "in each category for a category.")
+    if not len(claims):
+        section.unavailable = "no explained claims"
+        return section
     messages = _messages(claims, "ebm", pb.EbmResult)
     if not messages:
         section.unavailable = ("the run has no EBM results: the model is not an EBM and was registered "
@@ -342,6 +350,9 @@ def _stability(claims: pd.DataFrame) -> Section:
     section = Section("stability", "Explanation stability and cross-method agreement",
                       intro="LIME stability: rank agreement of the top features across reruns with other "
                             "seeds (1 = identical). Agreement: mean top-k rank agreement per pair of methods.")
+    if not len(claims):
+        section.unavailable = "no explained claims"
+        return section
     lime = claims["lime_stability"].dropna() if "lime_stability" in claims else pd.Series(dtype=float)
     agreements = _messages(claims, "agreement", pb.AgreementResult)
     if not len(lime) and not agreements:
@@ -394,7 +405,10 @@ def _faithfulness(claims: pd.DataFrame, names: list[str], table: ClaimsTable | N
                             "and watch it rise. Steeper is more faithful; the random order is the baseline. "
                             "Average drop: mean relative fall after deleting the top-k; average increase: "
                             "share of claims whose score rises when only the top-k are kept.")
-    if table is None or not len(claims):
+    if not len(claims):
+        section.unavailable = "no explained claims"
+        return section
+    if table is None:
         section.unavailable = "the claims table is not readable any more, so features cannot be removed"
         return section
     methods = [m for m in ("shap", "lime", "ebm") if _contributions(claims, m, names) is not None]

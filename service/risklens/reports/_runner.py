@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from risklens.core import ExplainService, library_versions
-from risklens.errors import InvalidRequest, ReceiptNotFound
+from risklens.errors import DeviceUnavailable, InvalidRequest, ReceiptNotFound
 from risklens.registry import LoadedModel, ModelRegistry
 from risklens.reports import DEFAULT_CHUNK_SIZE
 from risklens.reports._pool import start_forked_worker, start_local_worker
@@ -69,6 +69,7 @@ CHECKPOINT_FILE = "checkpoint.json"
 CHUNKS_DIR = "chunks"
 CLAIMS_FILE = "claims.parquet"
 REJECTS_FILE = "rejects.csv"
+DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")  # --scheduler addresses of a Dask cluster
 DEFAULT_SAMPLE = 200
 
 
@@ -130,9 +131,14 @@ def _explain_settings(config: AuditRunConfig, service: ExplainService) -> dict[s
     """The settings every chunk is explained with: the run's options, else the service's settings
     (resolved here, once, so that workers elsewhere, whose environment may differ, use the same)."""
     from risklens.explainers.lime import DEFAULT_SAMPLES
+    from risklens.trees import gpu_available
 
     service.check_lime_samples(config.lime_samples)
-    return {"top_k": service.resolve_top_k(config.top_k), "device": service.resolve_device(config.device),
+    device = service.resolve_device(config.device)
+    if device == "gpu" and config.scheduler == "local" and not gpu_available():  # Dask workers may have one
+        raise DeviceUnavailable("device 'gpu' was asked for but this machine has no CUDA device with CuPy",
+                                field="device")
+    return {"top_k": service.resolve_top_k(config.top_k), "device": device,
             "lime_samples": config.lime_samples or DEFAULT_SAMPLES,
             "agreement_threshold": service.settings.agreement_threshold}
 
@@ -429,9 +435,6 @@ def _iter_outcomes(tasks: Sequence[ChunkTask], scheduler: str, workers: int,
         finally:
             close_stores()
         return
-    if not scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        raise InvalidRequest(f"scheduler must be 'local' or a Dask address like tcp://HOST:PORT, got {scheduler!r}",
-                             field="scheduler")
     from distributed import Client
     from distributed import wait as dask_wait
 
@@ -488,6 +491,9 @@ def run_audit(config: AuditRunConfig, settings: Settings | None = None) -> Audit
         raise InvalidRequest("workers must be at least 1", field="workers")
     if config.sample < 0:
         raise InvalidRequest("sample must be 0 (every claim) or a positive number of claims", field="sample")
+    if config.scheduler != "local" and not config.scheduler.startswith(DASK_SCHEMES):
+        raise InvalidRequest(f"scheduler must be 'local' or a Dask address like tcp://HOST:PORT, got "
+                             f"{config.scheduler!r}", field="scheduler")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise InvalidRequest(f"--out {out} is a file, not a directory", field="out")

@@ -150,7 +150,10 @@ def read_claims_table(path: Path, manifest: Manifest, *, id_column: str | None =
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        raw = _read_csv_as_text(path, na_values)
+        try:
+            raw = _read_csv_as_text(path, na_values)
+        except UnicodeDecodeError as error:
+            raise InvalidRequest(f"claims table {path.name!r} is not UTF-8 text ({error.reason})", field="data") from None
     elif suffix in (".parquet", ".pq"):
         raw = pd.read_parquet(path)
         text_columns = [c for c in raw.columns if not pd.api.types.is_numeric_dtype(raw[c])
@@ -175,6 +178,10 @@ def read_claims_table(path: Path, manifest: Manifest, *, id_column: str | None =
     labels = None
     if label_column:
         labels = _labels(raw[label_column])
+        given = int(raw[label_column].notna().sum())
+        if given and np.isnan(labels).all():
+            raise InvalidRequest(f"label column {label_column!r} holds no 0/1 (or yes/no) outcome: none of its {given:,} "
+                                 f"values is one; pass the column with the 0/1 outcome", field="label_column")
     used = {*manifest.feature_names, id_column, label_column}
     return ClaimsTable(path=path, data_sha256=file_sha256(path), features=features, claim_ids=claim_ids,
                        labels=labels, ignored_columns=[c for c in raw.columns if c not in used])

@@ -31,11 +31,12 @@ def build_service(settings: Settings) -> ExplainService:
     registry = ModelRegistry.from_directory(settings.models_dir)
     audit = None
     if settings.audit_enabled:
-        from risklens.audit import load_or_create_signing_key, open_store
+        from risklens.audit import configured_signing_key, open_store
 
+        ExplainService.check_audit_policies(registry)  # before the store and key files are made
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        audit = open_store(settings.resolved_audit_url(),
-                           signing_key=load_or_create_signing_key(settings.resolved_signing_key_path()),
+        signing_key = configured_signing_key(settings.audit_signing_key, settings.resolved_signing_key_path())
+        audit = open_store(settings.resolved_audit_url(), signing_key=signing_key,
                            checkpoint_every=settings.audit_checkpoint_every)
     try:
         return ExplainService(registry, settings, audit)
@@ -67,18 +68,12 @@ class RunningServer:
 
 
 def start_server(settings: Settings, service: ExplainService | None = None) -> RunningServer:
-    service = service or build_service(settings)
     options = [("grpc.max_send_message_length", settings.max_message_bytes),
                ("grpc.max_receive_message_length", settings.max_message_bytes),
                # gRPC sets SO_REUSEPORT by default: a second server on a port already served would
                # bind too and share its calls (with another audit trail), silently.
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers), options=options)
-    pb_grpc.add_RiskLensServicer_to_server(RiskLensServicer(service), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
@@ -86,6 +81,13 @@ def start_server(settings: Settings, service: ExplainService | None = None) -> R
     if port == 0:
         raise OSError(errno.EADDRINUSE, f"cannot listen on {settings.host}:{settings.port} (the port is taken, "
                                         f"or the address is not one of this machine's)")
+    # The port first: a server that cannot listen leaves no audit store or key behind.
+    service = service or build_service(settings)
+    pb_grpc.add_RiskLensServicer_to_server(RiskLensServicer(service), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
