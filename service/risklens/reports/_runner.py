@@ -53,13 +53,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from risklens.core import ExplainService, library_versions
-from risklens.errors import DeviceUnavailable, InvalidRequest, ReceiptNotFound
+from risklens.errors import DeviceUnavailable, InvalidRequest
 from risklens.registry import LoadedModel, ModelRegistry
 from risklens.reports import DEFAULT_CHUNK_SIZE
 from risklens.reports._pool import start_forked_worker, start_local_worker
 from risklens.reports._table import ClaimsTable, read_claims_table
-from risklens.reports._worker import (ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, use_registry,
-                                      worker_name, write_parquet)
+from risklens.reports._worker import (ChunkOutcome, ChunkTask, chunk_file, close_stores, explain_chunk, is_recorded,
+                                      pending_receipts, use_registry, worker_name, write_parquet)
 from risklens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,15 +214,8 @@ def _recover_pending(out: Path, store: Any) -> int:
     committed = 0
     for pending in sorted((out / CHUNKS_DIR).glob("chunk-*.pending.parquet")):
         final = pending.with_name(pending.name.replace(".pending", ""))
-        receipts = pq.read_table(pending, columns=["receipt_id"]).column(0).to_pylist() \
-            if "receipt_id" in pq.read_schema(pending).names else []
-        recorded = True
-        if store is not None and receipts:
-            try:
-                store.get(receipts[0])  # a chunk's records are one transaction: one present, all present
-            except ReceiptNotFound:
-                recorded = False
-        if recorded:
+        receipts = pending_receipts(pending)
+        if store is None or not receipts or is_recorded(receipts, store):
             os.replace(pending, final)
             committed += 1
         else:

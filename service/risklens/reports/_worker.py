@@ -323,6 +323,23 @@ def explain_chunk(task: ChunkTask) -> ChunkOutcome:
         return _explain_chunk(task)
 
 
+def pending_receipts(pending: Path) -> list[str]:
+    """The receipt ids of a pending chunk file (none for a chunk explained without audit records)."""
+    if "receipt_id" not in pq.read_schema(pending).names:
+        return []
+    return pq.read_table(pending, columns=["receipt_id"]).column(0).to_pylist()
+
+
+def is_recorded(receipts: list[str], store: Any) -> bool:
+    """Whether a chunk's receipts are in the trail: its records are one transaction, so one present
+    means all present."""
+    try:
+        store.get(receipts[0])
+    except ReceiptNotFound:
+        return False
+    return True
+
+
 def _recorded_before(task: ChunkTask) -> ChunkOutcome | None:
     """The outcome of an earlier execution of this chunk that recorded it, or None.
 
@@ -334,12 +351,8 @@ def _recorded_before(task: ChunkTask) -> ChunkOutcome | None:
     pending = chunk_file(Path(task.out_dir), task.index, suffix=".pending.parquet")
     if not task.audit_url or not pending.exists():
         return None
-    receipts = pq.read_table(pending, columns=["receipt_id"]).column(0).to_pylist()
-    if not receipts:
-        return None
-    try:
-        _store(task.audit_url).get(receipts[0])  # a chunk's records are one transaction: one present, all present
-    except ReceiptNotFound:
+    receipts = pending_receipts(pending)
+    if not receipts or not is_recorded(receipts, _store(task.audit_url)):
         return None
     rejected = pq.read_metadata(chunk_file(Path(task.out_dir), task.index, "rejects")).num_rows
     log.warning("chunk %d was explained and recorded by an earlier execution: its results stand", task.index)
