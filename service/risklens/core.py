@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache, cached_property
 from typing import Any
@@ -196,7 +196,7 @@ class ExplainService:
             raise BatchTooLarge(f"batch of {len(claims)} claims exceeds the limit of "
                                 f"{self.settings.max_batch_size}", field="claims")
         model = self.registry.get(model_name, version)
-        methods, device, top_k = self._resolve_options(model, options)
+        methods, device, top_k, options = self._resolve_options(model, options)
         outcomes: list[Explanation | RiskLensError | None] = [None] * len(claims)
         valid: list[int] = []
         checked: list[dict[str, FeatureValue]] = []
@@ -228,7 +228,7 @@ class ExplainService:
         """
         options = options or ExplainOptions()
         model = self.registry.get(model_name, version)
-        methods, device, top_k = self._resolve_options(model, options)
+        methods, device, top_k, options = self._resolve_options(model, options)
         columns, valid, errors = validate_columns(model.manifest, frame)
         outcomes: list[Explanation | RiskLensError | None] = [None] * len(frame)
         for row, error in errors.items():
@@ -245,11 +245,16 @@ class ExplainService:
         self._log_outcomes(model, methods, len(valid), len(errors))
         return outcomes  # type: ignore[return-value]
 
-    def _resolve_options(self, model: LoadedModel, options: ExplainOptions) -> tuple[tuple[str, ...], str, int]:
+    def _resolve_options(self, model: LoadedModel, options: ExplainOptions
+                         ) -> tuple[tuple[str, ...], str, int, ExplainOptions]:
+        """The methods, device and top_k to use, and the options with the LIME sample count resolved
+        (what the explanation, and so its audit record, states it was computed with)."""
         methods = self.resolve_methods(model, options.methods)
         device, top_k = self.resolve_device(options.device), self.resolve_top_k(options.top_k)
-        self.check_lime_samples(options.lime_samples)
-        return methods, device, top_k
+        lime_samples = self.resolve_lime_samples(options.lime_samples)
+        if lime_samples != options.lime_samples:
+            options = replace(options, lime_samples=lime_samples)
+        return methods, device, top_k, options
 
     def resolve_device(self, device: str) -> str:
         """A request's device ("" for the setting), checked."""
@@ -266,14 +271,16 @@ class ExplainService:
         return top_k or self.settings.top_k
 
     @staticmethod
-    def check_lime_samples(lime_samples: int) -> None:
-        """Refuse a LIME sample count (0: the default) outside the bounds a fit needs and a server affords."""
+    def resolve_lime_samples(lime_samples: int) -> int:
+        """A request's LIME sample count (0 for the default), checked against the bounds a fit needs
+        and a server affords."""
         from risklens.explainers.lime import DEFAULT_SAMPLES, MAX_SAMPLES, MIN_SAMPLES
 
         if lime_samples and not MIN_SAMPLES <= lime_samples <= MAX_SAMPLES:
             raise InvalidRequest(f"lime_samples must be between {MIN_SAMPLES:,} and {MAX_SAMPLES:,} "
                                  f"(0: the default, {DEFAULT_SAMPLES:,}), got {lime_samples:,}",
                                  field="options.lime_samples")
+        return lime_samples or DEFAULT_SAMPLES
 
     @staticmethod
     def _log_outcomes(model: LoadedModel, methods: tuple[str, ...], explained: int, rejected: int) -> None:

@@ -39,6 +39,7 @@ def test_full_export_verifies_offline(filled: AuditStore, tmp_path: Path, export
     manifest = write_export(filled.export(), out, export_format)
     assert manifest.count == 12 and (manifest.first_sequence, manifest.last_sequence) == (1, 12)
     assert manifest.chain_head == filled.head()[1] and manifest.prev_hash == ""
+    assert (manifest.from_time, manifest.to_time) == ("", "")  # an open range stays open in the manifest
     assert len(manifest.checkpoints) == 1 and {m.name for m in manifest.models} == {"demo-xgb", "other-model"}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json", f"records.{export_format}", "adverse_action_notices.csv"])
@@ -58,6 +59,7 @@ def test_model_and_time_filtered_export_verifies_with_links(filled: AuditStore, 
     # demo-xgb records are the even minutes: 4, 6, 8 -> sequences 5, 7, 9.
     assert [r.sequence for r in selected] == [5, 7, 9] and manifest.count == 3
     assert [r.sequence for r in records] == [5, 6, 7, 8, 9]  # other-model records come as links
+    assert (manifest.from_time, manifest.to_time) == ("2025-03-01T00:03:00.000000Z", "2025-03-01T00:09:00.000000Z")
     assert all(not r.input for r in records if r.model.name == "other-model")
     out = tmp_path / "filtered"
     write_export(iter(items), out, "jsonl")

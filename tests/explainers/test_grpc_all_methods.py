@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from risklens.explainers.lime import DEFAULT_SAMPLES
 from risklens.v1 import risklens_pb2 as pb
 from risklens.wire import value_to_proto
 
@@ -26,6 +27,11 @@ def test_explain_all_methods(demo_stub, examples_dir, model):
         assert response.HasField(method), method
     assert set(METHODS) <= set(response.settings.methods)
     assert response.settings.seed == 42
+    # The settings state what was used, defaults resolved: the receipt says so months later.
+    assert response.settings.lime_samples == response.lime.num_samples == DEFAULT_SAMPLES
+    assert response.settings.top_k == 3 and response.settings.device == "cpu"
+    receipt = demo_stub.GetReceipt(pb.GetReceiptRequest(receipt_id=response.receipt_id), timeout=30)
+    assert receipt.explanation.settings.lime_samples == DEFAULT_SAMPLES
 
     assert len(response.lime.weights) == 15 and response.lime.seed == 42 and response.lime.num_samples > 0
     assert 0.0 <= response.lime.stability <= 1.0 and response.lime.weights[0].condition

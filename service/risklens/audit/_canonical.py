@@ -37,6 +37,8 @@ from risklens.errors import InvalidRequest
 from risklens.v1 import risklens_pb2
 
 SCHEMA_VERSION = "risklens.audit/2"  # 2: bodies stored as their canonical JSON
+# Upper bound of an export with no end: after every RFC 3339 timestamp in text order.
+OPEN_END = "9999"
 
 _Field = proto_descriptor.FieldDescriptor
 

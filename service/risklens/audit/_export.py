@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from risklens.errors import InvalidRequest
 from risklens.v1 import risklens_pb2
 
-from ._canonical import canonical_message, message_dict
+from ._canonical import OPEN_END, canonical_message, message_dict
 from ._verify import ChainVerifier, VerifyReport
 
 ExportFormat = Literal["jsonl", "csv", "parquet"]
@@ -199,7 +199,7 @@ def verify_export(directory: str | os.PathLike[str], trusted_public_key: bytes |
     """Verify an export offline: chain links, record and body hashes, manifest ends, checkpoints."""
     manifest, receipts = read_export(directory)
     models = {(ref.name, ref.version, ref.sha256) for ref in manifest.models}
-    low, high = manifest.from_time, manifest.to_time or "9999"
+    low, high = manifest.from_time, manifest.to_time or OPEN_END
 
     def selected(receipt: risklens_pb2.Receipt) -> bool:
         return (low <= receipt.created_at <= high

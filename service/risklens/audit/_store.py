@@ -30,7 +30,7 @@ from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceip
 from risklens.v1 import risklens_pb2
 
 from ._body import model_json, write_bodies
-from ._canonical import SCHEMA_VERSION, body_text, format_time, header_hash, input_sha256, sha256_hex, to_value_map
+from ._canonical import OPEN_END, SCHEMA_VERSION, body_text, format_time, header_hash, input_sha256, sha256_hex, to_value_map
 from ._policy import AuditEntry
 from ._signing import SIGNING_KEY_ENV, load_signing_key, sign_checkpoint
 from ._verify import ChainVerifier, VerifyReport
@@ -481,11 +481,14 @@ class AuditStore(abc.ABC):
             raise InvalidRequest(f"to_time ({format_time(to_time)}) is before from_time ({format_time(from_time)})",
                                  field="to_time")
         low = format_time(from_time) if from_time else ""
-        high = format_time(to_time) if to_time else "9999"
+        # An open end is "" in the manifest, as an open start is; the query bounds it by a year no
+        # timestamp reaches (RFC 3339 text compares in time order).
+        high = format_time(to_time) if to_time else OPEN_END
         where, params = "created_at >= ? AND created_at <= ?", [low, high]
         if model:
             where, params = where + " AND model_name = ?", [*params, model]
-        manifest = risklens_pb2.ExportManifest(schema_version=SCHEMA_VERSION, from_time=low, to_time=high)
+        manifest = risklens_pb2.ExportManifest(schema_version=SCHEMA_VERSION, from_time=low,
+                                               to_time=format_time(to_time) if to_time else "")
         with self._read_transaction() as connection:
             first, last = self._fetchone(connection, f"SELECT MIN(sequence), MAX(sequence) FROM audit_records "
                                                      f"WHERE {where}", tuple(params))

@@ -130,16 +130,15 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def _explain_settings(config: AuditRunConfig, service: ExplainService) -> dict[str, Any]:
     """The settings every chunk is explained with: the run's options, else the service's settings
     (resolved here, once, so that workers elsewhere, whose environment may differ, use the same)."""
-    from risklens.explainers.lime import DEFAULT_SAMPLES
     from risklens.trees import gpu_available
 
-    service.check_lime_samples(config.lime_samples)
+    lime_samples = service.resolve_lime_samples(config.lime_samples)
     device = service.resolve_device(config.device)
     if device == "gpu" and config.scheduler == "local" and not gpu_available():  # Dask workers may have one
         raise DeviceUnavailable("device 'gpu' was asked for but this machine has no CUDA device with CuPy",
                                 field="device")
     return {"top_k": service.resolve_top_k(config.top_k), "device": device,
-            "lime_samples": config.lime_samples or DEFAULT_SAMPLES,
+            "lime_samples": lime_samples,
             "agreement_threshold": service.settings.agreement_threshold}
 
 
