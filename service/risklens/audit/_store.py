@@ -132,20 +132,35 @@ def _message_body(entry: AuditEntry) -> tuple[bytes, str]:
 
 
 class _PendingCall:
-    """One record() call waiting for its group commit."""
+    """One record() call waiting for its group commit.
 
-    __slots__ = ("prepared", "done", "sequences", "error")
+    Its caller sleeps on its own signal until the call is finished (committed or failed) or handed
+    the lead; so a commit wakes only the callers it finished and the next leader, not every caller
+    queued meanwhile.
+    """
+
+    __slots__ = ("prepared", "done", "sequences", "error", "_signal")
 
     def __init__(self, prepared: list[_Prepared]) -> None:
         self.prepared = prepared
         self.done = False
         self.sequences: list[int] = []
         self.error: RiskLensError | None = None
+        self._signal = threading.Lock()
+        self._signal.acquire()
+
+    def wait(self) -> None:
+        self._signal.acquire()
 
     def finish(self, *, sequences: list[int] | None = None, error: RiskLensError | None = None) -> None:
         self.sequences = sequences or []
         self.error = error
         self.done = True
+        self._signal.release()
+
+    def lead(self) -> None:
+        """Wake the caller to commit the queue (its own call is in it, not yet finished)."""
+        self._signal.release()
 
 
 def _header_from_row(row: Sequence[Any]) -> risklens_pb2.Receipt:
@@ -207,8 +222,8 @@ class AuditStore(abc.ABC):
         self._closed = False
         # Group commit: calls waiting for the next commit, and whether a thread is committing now.
         self._queue: list[_PendingCall] = []
-        self._queue_ready = threading.Condition(threading.Lock())
-        self._committing = False
+        self._queue_lock = threading.Lock()
+        self._committing = False  # a caller is leading: committing the queue, or about to
         self._insert_records = self._sql(f"INSERT INTO audit_records ({_HEADER_COLUMNS}, retain_until, body) "
                                          f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         self._update_head = self._sql("UPDATE audit_head SET sequence = ?, head_hash = ? WHERE id = 1")
@@ -275,33 +290,39 @@ class AuditStore(abc.ABC):
         Returns their sequence numbers. Raises AuditUnavailable / AuditStorageFull (nothing
         written) or DuplicateReceipt.
 
-        Group commit: calls that arrive while another thread's commit is in flight queue up, and
-        the next of them to run commits the whole queue in one transaction (one fsync). Every
-        caller still returns only after its own records are committed. If a shared transaction
-        fails, each call in it is retried in a transaction of its own, so an error reaches only
-        the call that caused it and a failed call leaves nothing behind.
+        Group commit: calls that arrive while another thread's commit is in flight queue up; when
+        it is done, the first of them leads: it commits the whole queue in one transaction (one
+        fsync). Every caller still returns only after its own records are committed. If a shared
+        transaction fails, each call in it is retried in a transaction of its own, so an error
+        reaches only the call that caused it and a failed call leaves nothing behind.
         """
         if not entries:
             return []
         call = _PendingCall(_prepare(entries))
-        with self._queue_ready:
+        with self._queue_lock:
             self._queue.append(call)
-            while not call.done:
-                if self._committing:
-                    self._queue_ready.wait()
-                    continue
-                self._committing = True
-                group, self._queue = self._queue, []
-                self._queue_ready.release()
-                try:
-                    self._commit_group(group)
-                finally:
-                    self._queue_ready.acquire()
-                    self._committing = False
-                    self._queue_ready.notify_all()
+            waits, self._committing = self._committing, True
+        if waits:
+            call.wait()  # until finished by a leader's commit, or handed the lead
+        if not call.done:  # leading: this call is queued, unfinished
+            self._lead()
         if call.error is not None:
             raise call.error
         return call.sequences
+
+    def _lead(self) -> None:
+        """Commit the queue (the leader's own call with it), then hand the lead to the first call
+        queued meanwhile, or give it up."""
+        try:
+            with self._queue_lock:
+                group, self._queue = self._queue, []
+            self._commit_group(group)
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].lead()
+                else:
+                    self._committing = False
 
     def _commit_group(self, group: list[_PendingCall]) -> None:
         """Commit the queued calls together; on failure, each alone (errors go to their own call)."""
