@@ -187,6 +187,33 @@ def test_replay_says_what_differs(tmp_path: Path, claims: list[dict[str, Any]], 
     assert same.exit_code == 0 and "IDENTICAL" in same.output, same.output
 
 
+def test_replay_of_a_record_that_left_the_default_lime_samples_unstated(tmp_path: Path, claims: list[dict[str, Any]],
+                                                                       demo_models_dir: Path) -> None:
+    """Server calls recorded before explanations stated the default LIME sample count (0) still replay
+    as identical; the settings now say what was used."""
+    from risklens.audit import AuditEntry, new_receipt_id
+    from risklens.core import ExplainService
+    from risklens.explainers.lime import DEFAULT_SAMPLES
+    from risklens.registry import ModelRegistry
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(url)
+    service = ExplainService(ModelRegistry.from_directory(demo_models_dir), audit=store)
+    explanation = service.explain("demo-logreg", claims[41], claim_id="older")
+    assert explanation.response.settings.lime_samples == DEFAULT_SAMPLES
+    older = risklens_pb2.ExplainResponse()
+    older.CopyFrom(explanation.response)
+    older.receipt_id = new_receipt_id()
+    older.settings.lime_samples = 0
+    store.record([AuditEntry(older.receipt_id, explanation.created_at, older.model, explanation.claim, older)])
+    store.close()
+    claim_file = tmp_path / "claim.json"
+    claim_file.write_text(json.dumps(claims[41]))
+    result = runner.invoke(app, ["audit", "replay", older.receipt_id, "--models", str(demo_models_dir),
+                                 "--input", str(claim_file), "--url", url])
+    assert result.exit_code == 0 and "IDENTICAL" in result.output, result.output
+
+
 def test_replay_of_a_claim_explained_in_a_table_is_identical(tmp_path: Path, claims: list[dict[str, Any]],
                                                               demo_models_dir: Path) -> None:
     """Batch receipts come from the tree engine's table kernel, single claims from its one-row

@@ -129,6 +129,8 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
     for computed_as, rows in attempts:
         recomputed = _recompute(service, model, claim, recorded.claim_id, options, rows)
         recomputed.receipt_id = recorded.receipt_id  # a replay gets a new id; the content is what is compared
+        if not settings.lime_samples:  # recorded before explanations stated the default LIME sample count
+            recomputed.settings.lime_samples = 0
         differences: list[str] = []
         _diff(expected, message_dict(blind.redact_explanation(recomputed)), "", differences)
         if not differences:
