@@ -280,6 +280,53 @@ def test_group_commit_gives_each_call_its_own_outcome(store: AuditStore, make_en
     _assert_single_chain(store, acknowledged)
 
 
+@pytest.mark.parametrize("interrupted", ["while waiting", "when handed the lead"])
+def test_an_interrupted_caller_leaves_the_group_commit_working(store: AuditStore, make_entries: EntryFactory,
+                                                               monkeypatch: pytest.MonkeyPatch, interrupted: str) -> None:
+    """KeyboardInterrupt in a caller queued behind another thread's commit: its call leaves the queue
+    unrecorded (a lead it was handed passes on), the leader's records land, later calls still commit."""
+    from risklens.audit import _store
+
+    first, queued, later = make_entries(1), make_entries(1), make_entries(1)
+    in_commit, release = threading.Event(), threading.Event()
+    append = type(store)._append
+
+    def held_append(self: AuditStore, prepared: list, calls: list) -> None:
+        if prepared[0].receipt_id == first[0].receipt_id:
+            in_commit.set()
+            assert release.wait(30)
+        append(self, prepared, calls)
+
+    monkeypatch.setattr(type(store), "_append", held_append)
+    leader_outcome: list[object] = []
+    leader = threading.Thread(target=lambda: leader_outcome.append(store.record(first)))
+    leader.start()
+    assert in_commit.wait(30)
+    wait = _store._PendingCall.wait
+
+    def interrupted_wait(call: _store._PendingCall) -> None:
+        if interrupted == "when handed the lead":
+            release.set()  # the leader commits, then hands this call the lead and wakes it
+            wait(call)
+            assert call.led and not call.done
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_store._PendingCall, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        store.record(queued)
+    monkeypatch.setattr(_store._PendingCall, "wait", wait)
+    release.set()
+    leader.join(30)
+    assert leader_outcome == [[1]]
+    outcome: list[object] = []
+    caller = threading.Thread(target=lambda: outcome.append(store.record(later)), daemon=True)
+    caller.start()
+    caller.join(30)
+    assert outcome == [[2]], "a later record() never committed: the lead was stranded"
+    assert [r.receipt_id for r in store.records()] == [first[0].receipt_id, later[0].receipt_id]
+    assert store.verify().ok
+
+
 def test_postgres_out_of_disk_refuses_cleanly(postgres_url: str, tmp_path: Path, make_entries: EntryFactory,
                                              reachable_by_others: Callable[[Path], None]) -> None:
     """PostgreSQL with the audit tables on a full filesystem: RESOURCE_EXHAUSTED, nothing half-written."""

@@ -139,11 +139,12 @@ class _PendingCall:
     queued meanwhile.
     """
 
-    __slots__ = ("prepared", "done", "sequences", "error", "_signal")
+    __slots__ = ("prepared", "done", "led", "sequences", "error", "_signal")
 
     def __init__(self, prepared: list[_Prepared]) -> None:
         self.prepared = prepared
         self.done = False
+        self.led = False  # leads, or was handed the lead (set under the store's queue lock)
         self.sequences: list[int] = []
         self.error: RiskLensError | None = None
         self._signal = threading.Lock()
@@ -160,6 +161,7 @@ class _PendingCall:
 
     def lead(self) -> None:
         """Wake the caller to commit the queue (its own call is in it, not yet finished)."""
+        self.led = True
         self._signal.release()
 
 
@@ -301,50 +303,69 @@ class AuditStore(abc.ABC):
         call = _PendingCall(_prepare(entries))
         with self._queue_lock:
             self._queue.append(call)
-            waits, self._committing = self._committing, True
-        if waits:
-            call.wait()  # until finished by a leader's commit, or handed the lead
-        if not call.done:  # leading: this call is queued, unfinished
-            self._lead()
+            call.led, self._committing = not self._committing, True
+        try:
+            if not call.led:
+                call.wait()  # until finished by a leader's commit, or handed the lead
+            if not call.done:  # leading: this call is queued, unfinished
+                self._lead()
+        except BaseException:  # interrupted (KeyboardInterrupt while waiting): leave nobody stranded
+            self._withdraw(call)
+            raise
         if call.error is not None:
             raise call.error
         return call.sequences
 
     def _lead(self) -> None:
         """Commit the queue (the leader's own call with it), then hand the lead to the first call
-        queued meanwhile, or give it up."""
+        queued meanwhile, or give it up. Whatever stops the commit, every call taken from the queue
+        is finished: no caller waits for a commit that never comes."""
+        group: list[_PendingCall] = []
         try:
             with self._queue_lock:
                 group, self._queue = self._queue, []
             self._commit_group(group)
-        finally:
-            with self._queue_lock:
-                if self._queue:
-                    self._queue[0].lead()
-                else:
-                    self._committing = False
-
-    def _commit_group(self, group: list[_PendingCall]) -> None:
-        """Commit the queued calls together; on failure, each alone (errors go to their own call)."""
-        try:
-            try:
-                self._append([item for call in group for item in call.prepared], group)
-                return
-            except RiskLensError as error:
-                if len(group) == 1:
-                    group[0].finish(error=error)
-                    return
-            for call in group:
-                try:
-                    self._append(call.prepared, [call])
-                except RiskLensError as error:
-                    call.finish(error=error)
-        except BaseException as error:  # interrupted: no caller may wait for a commit that never comes
+        except BaseException as error:
             for call in group:
                 if not call.done:
                     call.finish(error=AuditUnavailable(f"audit write to {self._where()} was interrupted: "
                                                        f"{type(error).__name__}"))
             raise
+        finally:
+            with self._queue_lock:
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """Under the queue lock: wake the first queued call to lead, or mark that nobody leads."""
+        if self._queue:
+            self._queue[0].lead()
+        else:
+            self._committing = False
+
+    def _withdraw(self, call: _PendingCall) -> None:
+        """A caller interrupted before its call was committed: the call leaves the queue unrecorded
+        (if a leader has taken it, it is committed or failed as usual), and a lead it was handed
+        but never took passes on."""
+        with self._queue_lock:
+            if any(queued is call for queued in self._queue):
+                self._queue = [queued for queued in self._queue if queued is not call]
+                if call.led:
+                    self._pass_lead()
+
+    def _commit_group(self, group: list[_PendingCall]) -> None:
+        """Commit the queued calls together; on failure, each alone (errors go to their own call)."""
+        try:
+            self._append([item for call in group for item in call.prepared], group)
+            return
+        except RiskLensError as error:
+            if len(group) == 1:
+                group[0].finish(error=error)
+                return
+        for call in group:
+            try:
+                self._append(call.prepared, [call])
+            except RiskLensError as error:
+                call.finish(error=error)
 
     def _append(self, prepared: list[_Prepared], calls: list[_PendingCall]) -> None:
         """One transaction: read the head under the write lock, append, move the head."""
@@ -369,10 +390,10 @@ class AuditStore(abc.ABC):
             every = self._checkpoint_every
             if self._signing_key is not None and every and sequence // every > first_sequence // every:
                 self._insert_checkpoint(connection, sign_checkpoint(self._signing_key, sequence, head))
-        self._appended(len(rows))
-        for call in calls:
+        for call in calls:  # committed: their callers may return, whatever happens next
             call.finish(sequences=sequences[:len(call.prepared)])
             sequences = sequences[len(call.prepared):]
+        self._appended(len(rows))
 
     def _insert_checkpoint(self, connection: Any, checkpoint: risklens_pb2.Checkpoint) -> None:
         connection.execute(self._sql("INSERT INTO audit_checkpoints (sequence, head_hash, created_at, signature, "
