@@ -81,6 +81,9 @@ class Explanation:
     # largest magnitude first: the arrays a batch's audit bodies are written from, column by column.
     shap_values: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     contribution_order: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.intp), repr=False)
+    # The reason codes and rationale as the audit trail stores them, where its policy hashes or drops
+    # a value their texts show (None: as returned). Set when the explanation is recorded.
+    withheld_texts: tuple[list[ReasonCode], str] | None = field(default=None, repr=False)
 
     @cached_property
     def contributions(self) -> list[tuple[str, FeatureValue, float]]:
@@ -95,6 +98,14 @@ class Explanation:
         from risklens.wire import explanation_to_proto
 
         return explanation_to_proto(self)
+
+
+def _rationale(manifest: Any, score: float, decision: str, codes: list[ReasonCode],
+               method_results: Mapping[str, Any]) -> str:
+    agreement = method_results.get("agreement")
+    return render_rationale(model_label=manifest.description or manifest.name, score=score,
+                            threshold=manifest.threshold, decision=decision, reason_codes=codes,
+                            agreement_summary=getattr(agreement, "summary", "") if agreement is not None else "")
 
 
 def seed_from_receipt(receipt_id: str) -> int:
@@ -124,7 +135,7 @@ class ExplainService:
         self.audit = audit
         self._explainers: dict[tuple[str, str, str], Explainer] = {}
         self._selectors: dict[tuple[str, str], ReasonCodeSelector] = {}
-        self._audit_contexts: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._audit_contexts: dict[tuple[str, str], tuple[Any, Any, frozenset[str]]] = {}
         self._lock = threading.Lock()
         if audit is not None:
             self.check_audit_policies(registry)
@@ -313,7 +324,6 @@ class ExplainService:
         order = np.argsort(-np.abs(values), axis=1, kind="stable")
         reason_codes = self.reason_codes(model).select_rows(claims, values, top_k)
         extras = [m for m in methods if m != "shap"]
-        model_label = manifest.description or manifest.name
         created_at = datetime.now(UTC)
         explanations = []
         for row, claim in enumerate(claims):
@@ -321,11 +331,8 @@ class ExplainService:
             score = scores[row]
             decision = "refer" if score >= manifest.threshold else "pass"
             method_results = {m: context.results[m][row] for m in extras}
-            agreement = method_results.get("agreement")
             codes = reason_codes[row]
-            rationale = render_rationale(
-                model_label=model_label, score=score, threshold=manifest.threshold, decision=decision,
-                reason_codes=codes, agreement_summary=getattr(agreement, "summary", "") if agreement is not None else "")
+            rationale = _rationale(manifest, score, decision, codes, method_results)
             explanations.append(Explanation(
                 receipt_id=receipts[row], claim_id=claim_ids[row], model=model, claim=claim, score=score,
                 raw_score=shap_result.raw_score, base_value=shap_result.base_value,
@@ -343,20 +350,35 @@ class ExplainService:
             return
         from risklens.audit import AuditEntry
 
-        policy, ref = self._audit_context(model)
+        policy, ref, hidden = self._audit_context(model)
+        if hidden:
+            for e in explanations:
+                e.withheld_texts = self.withheld_texts(e, hidden)
         self.audit.record([
             AuditEntry(receipt_id=e.receipt_id, created_at=e.created_at, model=ref, input=e.claim,
                        explanation=e, policy=policy)
             for e in explanations
         ])
 
-    def _audit_context(self, model: LoadedModel) -> tuple[Any, Any]:
-        """The model's redaction policy and its ModelRef, built once per loaded model."""
+    def withheld_texts(self, explanation: Explanation, hidden: frozenset[str]) -> tuple[list[ReasonCode], str] | None:
+        """The explanation's reason codes and rationale with the values of ``hidden`` features shown
+        as ``risklens.rationale.WITHHELD``: what an audit trail whose policy hashes or drops those
+        features stores. None when no text shows such a value."""
+        codes = self.reason_codes(explanation.model).withheld(explanation.claim, explanation.reason_codes, hidden)
+        if codes is None:
+            return None
+        return codes, _rationale(explanation.model.manifest, explanation.score, explanation.decision, codes,
+                                 explanation.method_results)
+
+    def _audit_context(self, model: LoadedModel) -> tuple[Any, Any, frozenset[str]]:
+        """The model's redaction policy, its ModelRef and the features the policy hashes or drops,
+        built once per loaded model."""
         from risklens.audit import RedactionPolicy
         from risklens.wire import model_ref
 
         with self._lock:
             if model.key not in self._audit_contexts:
-                self._audit_contexts[model.key] = (RedactionPolicy.from_manifest(model.manifest.audit),
-                                                   model_ref(model))
+                policy = RedactionPolicy.from_manifest(model.manifest.audit)
+                self._audit_contexts[model.key] = (policy, model_ref(model),
+                                                   policy.withheld(model.manifest.feature_names))
             return self._audit_contexts[model.key]

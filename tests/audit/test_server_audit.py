@@ -11,15 +11,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from loopback import free_port
 from typer.testing import CliRunner
 
 from risklens.audit import RedactionPolicy, open_store, verify_export, write_export
+from risklens.rationale import WITHHELD
 from risklens.cli import app
 from risklens.v1 import risklens_pb2, risklens_pb2_grpc
 
@@ -49,11 +52,19 @@ def audited_server(grpc_server_factory: Callable[..., Any], demo_models_dir: Pat
 
 
 def test_every_explanation_has_a_receipt(audited_server: Any, claims: list[dict[str, Any]]) -> None:
+    from risklens.rationale import format_value
+
     responses = [audited_server.stub.Explain(_request(claims[i], f"claim-{i}")) for i in range(5)]
     policy = RedactionPolicy.from_manifest(audited_server.running.service.registry.get("demo-xgb").manifest.audit)
-    for response in responses:
+    for claim, response in zip(claims, responses):
         receipt = audited_server.stub.GetReceipt(risklens_pb2.GetReceiptRequest(receipt_id=response.receipt_id))
-        assert receipt.explanation == policy.redact_explanation(response)
+        # As returned, with the hashed claimant age withheld wherever a text shows it.
+        expected = policy.redact_explanation(response)
+        shown, withheld = f"age ({format_value(claim['claimant_age'])})", f"age ({WITHHELD})"
+        for code in expected.reason_codes:
+            code.text = code.text.replace(shown, withheld)
+        expected.rationale = expected.rationale.replace(shown, withheld)
+        assert receipt.explanation == expected
         assert receipt.model == response.model and receipt.sequence >= 1
         assert receipt.input["claimant_age"].text.startswith("hmac-sha256:")  # the demo policy hashes it
     with pytest.raises(grpc.RpcError) as caught:
@@ -212,6 +223,59 @@ def test_replay_of_a_record_that_left_the_default_lime_samples_unstated(tmp_path
     result = runner.invoke(app, ["audit", "replay", older.receipt_id, "--models", str(demo_models_dir),
                                  "--input", str(claim_file), "--url", url])
     assert result.exit_code == 0 and "IDENTICAL" in result.output, result.output
+
+
+def test_hashed_and_dropped_values_stay_out_of_every_stored_text(tmp_path: Path, demo_models_dir: Path,
+                                                                  grpc_server_factory: Callable[..., Any]) -> None:
+    """A policy that hashes or drops a field keeps its value out of the stored reason texts, rationale
+    and LIME conditions too (the caller still gets them), and such a record replays as identical."""
+    import shutil
+
+    import yaml
+
+    models = tmp_path / "models"
+    shutil.copytree(demo_models_dir / "demo-xgb", models / "demo-xgb")
+    manifest_path = models / "demo-xgb" / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["audit"] = {"default": "raw", "fields": {"claimant_age": "hmac", "past_claims": "drop"}}
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    server = grpc_server_factory(models, data_dir=tmp_path / "data")
+    claim = json.loads((REPO_ROOT / "examples" / "repeat-claimant.json").read_text())
+    assert (claim["claimant_age"], claim["past_claims"]) == (42, 3)
+    response = server.stub.Explain(risklens_pb2.ExplainRequest(
+        model="demo-xgb", claim_id="redacted-texts", features=_request(claim, "x").features, methods=["all"]), timeout=60)
+    shown = ("claimant age (42)", "has 3 past claims")
+    returned = [code.text for code in response.reason_codes]
+    assert all(any(text in code for code in returned) for text in shown), returned
+    assert all(text in response.rationale for text in shown)
+
+    receipt = server.stub.GetReceipt(risklens_pb2.GetReceiptRequest(receipt_id=response.receipt_id), timeout=30)
+    stored = receipt.explanation
+    record_text = json.dumps(json_format.MessageToDict(receipt))
+    assert not any(text in record_text for text in shown), "a withheld value is in the stored record"
+    assert [code.code for code in stored.reason_codes] == [code.code for code in response.reason_codes]
+    withheld = [code.text for code in stored.reason_codes if WITHHELD in code.text]
+    assert len(withheld) == 2 and WITHHELD in stored.rationale
+    assert {w.feature: w.condition for w in stored.lime.weights if w.feature in ("claimant_age", "past_claims")} == {
+        "claimant_age": WITHHELD, "past_claims": WITHHELD}
+    assert receipt.input["claimant_age"].text.startswith("hmac-sha256:") and "past_claims" not in receipt.input
+
+    # A record made before texts were withheld (the response as returned, through the message path).
+    from risklens.audit import AuditEntry, new_receipt_id
+
+    service = server.running.service
+    older = risklens_pb2.ExplainResponse()
+    older.CopyFrom(response)
+    older.receipt_id = new_receipt_id()
+    policy = RedactionPolicy.from_manifest(service.registry.get("demo-xgb").manifest.audit)
+    service.audit.record([AuditEntry(older.receipt_id, datetime.now(UTC), older.model, claim, older, policy)])
+
+    claim_file = tmp_path / "claim.json"
+    claim_file.write_text(json.dumps(claim))
+    for receipt_id in (response.receipt_id, older.receipt_id):
+        result = runner.invoke(app, ["audit", "replay", receipt_id, "--models", str(models), "--input",
+                                     str(claim_file), "--data-dir", str(tmp_path / "data")])
+        assert result.exit_code == 0 and "IDENTICAL" in result.output, result.output
 
 
 def test_replay_of_a_claim_explained_in_a_table_is_identical(tmp_path: Path, claims: list[dict[str, Any]],

@@ -179,6 +179,8 @@ def _method_fragment(e: Explanation, method: str, policy: RedactionPolicy) -> Fr
     message = e.method_results[method].to_proto()
     if method == "ice" and not policy.is_raw:
         policy.redact_holders(message.features)
+    elif method == "lime" and not policy.is_raw:
+        policy.redact_conditions(message.weights)
     return Fragment(canonical_message(message))
 
 
@@ -191,7 +193,8 @@ _EXPLANATION_FIELDS = ("agreement", "base_value", "claim_id", "contributions", "
 def explanation_document(e: Explanation, policy: RedactionPolicy, stored: Mapping[str, Fragment | None],
                          complete: bool = False) -> dict[str, Any]:
     """``json_format``'s dict of ``risklens.wire.explanation_to_proto(e)`` after the policy's redaction,
-    with fragments where orjson's text could differ (dump it with ``OPT_SORT_KEYS``).
+    with fragments where orjson's text could differ (dump it with ``OPT_SORT_KEYS``). Reason codes
+    and rationale are ``e.withheld_texts`` where the core set them.
 
     ``stored``: each claim value's JSON as the policy stores it (None: dropped); ``complete``:
     every feature is in ``stored`` and kept. Fields at their default are left out, as json_format does.
@@ -206,14 +209,15 @@ def explanation_document(e: Explanation, policy: RedactionPolicy, stored: Mappin
                          ("threshold", e.threshold)):
         if number or _is_set(number):
             doc[name] = _number(number)
-    for name, text in (("claim_id", e.claim_id), ("decision", e.decision), ("rationale", e.rationale),
+    reason_codes, rationale = e.withheld_texts or (e.reason_codes, e.rationale)
+    for name, text in (("claim_id", e.claim_id), ("decision", e.decision), ("rationale", rationale),
                        ("receipt_id", e.receipt_id)):
         if text:
             doc[name] = text
     if e.contributions:
         doc["contributions"] = _contributions(e.contributions, stored, complete)
-    if e.reason_codes:
-        doc["reason_codes"] = [_reason_code(code) for code in e.reason_codes]
+    if reason_codes:
+        doc["reason_codes"] = [_reason_code(code) for code in reason_codes]
     for method in e.method_results:
         doc[method] = _method_fragment(e, method, policy)
     return doc

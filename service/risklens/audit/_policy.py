@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from risklens.errors import ManifestError
+from risklens.rationale import WITHHELD
 from risklens.v1 import risklens_pb2
 
 from ._canonical import canonical_message
@@ -86,6 +87,10 @@ class RedactionPolicy:
     def action(self, feature: str) -> Action:
         return self.fields.get(feature, self.default)
 
+    def withheld(self, features: Iterable[str]) -> frozenset[str]:
+        """The features among ``features`` whose values the trail hashes or drops."""
+        return frozenset(name for name in features if self.action(name) != "raw")
+
     @property
     def is_raw(self) -> bool:
         """Every field is stored as given."""
@@ -119,8 +124,10 @@ class RedactionPolicy:
     def redact_explanation(self, explanation: risklens_pb2.ExplainResponse) -> risklens_pb2.ExplainResponse:
         """A copy whose echoed claim values follow the policy (the caller's copy is untouched).
 
-        Contributions and ICE curves repeat the claim's own value of a feature; a policy that
-        hashes or drops the field must apply there too, or the redaction would be cosmetic.
+        Contributions and ICE curves repeat the claim's own value of a feature, and LIME conditions
+        name it or its range; a policy that hashes or drops the field must apply there too, or the
+        redaction would be cosmetic. (Reason texts and the rationale are re-rendered by the core,
+        which has the catalogue: ``ExplainService.withheld_texts``.)
         """
         if self.is_raw:
             return explanation
@@ -128,6 +135,7 @@ class RedactionPolicy:
         stored.CopyFrom(explanation)
         self.redact_holders(stored.contributions)
         self.redact_holders(stored.ice.features)
+        self.redact_conditions(stored.lime.weights)
         return stored
 
     def redact_holders(self, holders: Iterable[Any]) -> None:
@@ -138,6 +146,13 @@ class RedactionPolicy:
                 holder.value.CopyFrom(self.keyed_hash(holder.value))
             elif action == "drop":
                 holder.ClearField("value")
+
+    def redact_conditions(self, weights: Iterable[Any]) -> None:
+        """LIME conditions of hashed or dropped features, in place: a categorical one names the
+        claim's own value, a numeric one the range it is in."""
+        for weight in weights:
+            if self.action(weight.feature) != "raw":
+                weight.condition = WITHHELD
 
     def retain_until(self, created_at: datetime) -> datetime | None:
         return None if self.retention_days is None else created_at + timedelta(days=self.retention_days)

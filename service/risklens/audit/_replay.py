@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from risklens.errors import InvalidRequest
+from risklens.rationale import WITHHELD
 from risklens.v1 import risklens_pb2
 
 from ._canonical import input_sha256, message_dict, to_value_map
@@ -79,9 +80,10 @@ def replay_input(receipt: risklens_pb2.Receipt, raw_input: Mapping[str, Any] | N
 
 
 def _recompute(service: Any, model: Any, claim: dict[str, Any], claim_id: str, options: Any,
-               rows: int) -> risklens_pb2.ExplainResponse:
+               rows: int, withheld: frozenset[str]) -> risklens_pb2.ExplainResponse:
     """The explanation of ``claim`` recomputed alone (``rows == 1``) or as the first of ``rows``
-    copies in a table, through the same core calls as the server and the batch runs."""
+    copies in a table, through the same core calls as the server and the batch runs; its reason
+    texts and rationale as a trail that withholds the ``withheld`` features stores them."""
     import pandas as pd
 
     from risklens.errors import RiskLensError
@@ -96,6 +98,11 @@ def _recompute(service: Any, model: Any, claim: dict[str, Any], claim_id: str, o
         explanation = outcome
     recomputed = risklens_pb2.ExplainResponse()
     recomputed.CopyFrom(explanation.response)
+    texts = service.withheld_texts(explanation, withheld) if withheld else None
+    if texts is not None:
+        codes, recomputed.rationale = texts
+        for message, code in zip(recomputed.reason_codes, codes):
+            message.text = code.text
     return recomputed
 
 
@@ -124,10 +131,14 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
                                               if value.text.startswith(HMAC_PREFIX)}
     blind = RedactionPolicy(fields=dict.fromkeys(redacted, "drop"))
     expected = message_dict(blind.redact_explanation(recorded))
+    # Texts that showed a redacted value are stored with it withheld; records made before they were
+    # (the texts as returned) are compared as they are.
+    withheld = frozenset(redacted) if WITHHELD in recorded.rationale or any(
+        WITHHELD in code.text for code in recorded.reason_codes) else frozenset()
     attempts = [(_ALONE, 1)] + ([(_IN_A_TABLE, TABLE_KERNEL_MIN_ROWS)] if model.kind == "tree" else [])
     first: tuple[risklens_pb2.ExplainResponse, list[str]] | None = None
     for computed_as, rows in attempts:
-        recomputed = _recompute(service, model, claim, recorded.claim_id, options, rows)
+        recomputed = _recompute(service, model, claim, recorded.claim_id, options, rows, withheld)
         recomputed.receipt_id = recorded.receipt_id  # a replay gets a new id; the content is what is compared
         if not settings.lime_samples:  # recorded before explanations stated the default LIME sample count
             recomputed.settings.lime_samples = 0

@@ -1,6 +1,7 @@
 """Reason codes and the templated natural-language rationale (no free-form generation)."""
 
 from risklens.rationale.catalogue import (
+    WITHHELD,
     Catalogue,
     CodeSpec,
     ReasonCode,
@@ -12,6 +13,7 @@ from risklens.rationale.catalogue import (
 from risklens.rationale.render import render_rationale
 
 __all__ = [
+    "WITHHELD",
     "Catalogue",
     "CodeSpec",
     "ReasonCode",

@@ -19,6 +19,8 @@ from risklens.registry import LoadedModel, Manifest
 from risklens.registry.manifest import load_yaml
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+# Shown in place of a value an audit trail's policy hashes or drops (reason texts, LIME conditions).
+WITHHELD = "[redacted]"
 _MAX_CACHED_TEXTS = 100_000  # per model: bounded, since numeric values may never repeat
 
 
@@ -160,6 +162,7 @@ class ReasonCodeSelector:
         self._specs = catalogue.codes
         self._code_columns = [[index[f] for f in spec.features] for spec in self._specs]
         self._code_names = np.array([spec.code for spec in self._specs], dtype=object)
+        self._code_index = {spec.code: c for c, spec in enumerate(self._specs)}
         self._code_features = np.empty(len(self._specs), dtype=object)  # tuples kept whole, not as rows
         for c, spec in enumerate(self._specs):
             self._code_features[c] = tuple(spec.features)
@@ -229,6 +232,21 @@ class ReasonCodeSelector:
         return [tuple.__new__(ReasonCode, (self._code_names[c], self._text_for(claim, c, lowering),
                                            "lowers" if lowering else "raises", weights[c], self._code_features[c]))
                 for c, lowering in picked]
+
+    def withheld(self, claim: dict[str, Any], codes: list[ReasonCode], hidden: frozenset[str]) -> list[ReasonCode] | None:
+        """``codes`` (selected for ``claim``) with every text that shows a value of a ``hidden``
+        feature rendered with WITHHELD in its place; None when no text shows one."""
+        reads = [self._reads[code.direction][self._code_index[code.code]] for code in codes]
+        if all(hidden.isdisjoint(names) for names in reads):
+            return None
+        withheld = []
+        for code, names in zip(codes, reads):
+            if not hidden.isdisjoint(names):
+                shown = tuple([WITHHELD if name in hidden else value if type(value) is str else format_value(value)
+                               for name, value in zip(names, map(claim.__getitem__, names))])
+                code = code._replace(text=self._text(code.direction, self._code_index[code.code], shown))
+            withheld.append(code)
+        return withheld
 
     def _text_for(self, claim: dict[str, Any], c: int, lowering: bool) -> str:
         """Code ``c``'s text for ``claim``, rendered once per direction, code and shown values."""
