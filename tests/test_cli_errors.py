@@ -14,8 +14,10 @@ from loopback import free_port
 RISKLENS = [sys.executable, "-m", "risklens.cli"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*RISKLENS, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*RISKLENS, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -65,6 +67,11 @@ def test_unreadable_input_files_are_one_line_errors(tmp_path: Path, demo_models_
                                   "--data", str(not_utf8), "--out", str(tmp_path / "run"), "--no-audit"),
                           "not UTF-8 text")
     assert_one_line_error(run_cli("models", "list", "--models", str(tmp_path / "nope")), "does not exist")
+    # RISKLENS_TRACEBACK=1 shows where an input error was raised; 0 (or empty) does not.
+    assert_one_line_error(run_cli("explain", "--model", "demo-xgb", "-i", str(not_json),
+                                  env={"RISKLENS_TRACEBACK": "0"}), "JSONDecodeError")
+    shown = run_cli("explain", "--model", "demo-xgb", "-i", str(not_json), env={"RISKLENS_TRACEBACK": "1"})
+    assert shown.returncode == 1 and "Traceback" in shown.stderr and "JSONDecodeError" in shown.stderr
 
 
 def test_audit_run_refuses_bad_options_before_claiming_the_output(tmp_path: Path, demo_models_dir: Path,

@@ -68,7 +68,7 @@ def main() -> None:
         app()
     except Exception as error:  # noqa: BLE001 - input problems become one line; anything else is re-raised
         problem = _input_problem(error)
-        if problem is None or os.environ.get(TRACEBACK_ENV):
+        if problem is None or os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
             raise
         typer.echo(f"error: {problem}", err=True)
         sys.exit(2)

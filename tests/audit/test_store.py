@@ -168,8 +168,16 @@ def _edit_body(store: AuditStore, sequence: int) -> None:
                 (body_text(body).encode("utf-8"), sequence))
 
 
+def _edit_body_as_text(store: AuditStore, sequence: int) -> None:
+    """The edit a person makes with SQL's text functions (SQLite then stores text, not a blob)."""
+    body = ("replace(body, '\"decision\":\"', '\"decision\":\"not-')" if isinstance(store, SqliteAuditStore) else
+            "convert_to(replace(convert_from(body, 'UTF8'), '\"decision\":\"', '\"decision\":\"not-'), 'UTF8')")
+    raw_execute(store, f"UPDATE audit_records SET body = {body} WHERE sequence = ?", (sequence,))
+
+
 TAMPERING = {
     "edited explanation": (lambda store: _edit_body(store, 4), 4, "body"),
+    "edited with SQL text functions": (lambda store: _edit_body_as_text(store, 7), 7, "body"),
     "garbage body": (lambda store: raw_execute(store, "UPDATE audit_records SET body = ? WHERE sequence = 2",
                                                (b"\x00not json",)), 2, "body"),
     "edited timestamp": (lambda store: raw_execute(
@@ -204,6 +212,17 @@ def test_verify_names_the_first_bad_record(store: AuditStore, make_entries: Entr
     assert report.first_bad.sequence == bad_sequence, report.summary()
     assert reason in report.first_bad.reason, report.summary()
     assert f"sequence {bad_sequence}" in report.summary()
+
+
+def test_a_body_turned_into_text_unchanged_still_reads_and_verifies(tmp_path: Any, make_entries: EntryFactory) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    entries = make_entries(3)
+    store.record(entries)
+    raw_execute(store, "UPDATE audit_records SET body = CAST(body AS TEXT) WHERE sequence = 2")
+    assert raw_execute(store, "SELECT typeof(body) FROM audit_records WHERE sequence = 2") == [("text",)]
+    assert store.verify().ok  # the same bytes, so the same hash
+    assert store.get(entries[1].receipt_id).explanation.receipt_id == entries[1].receipt_id
+    store.close()
 
 
 def test_signed_checkpoint_catches_a_rewritten_history(store: AuditStore, make_entries: EntryFactory,

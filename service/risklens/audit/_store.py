@@ -185,13 +185,21 @@ def _parse_body(body: bytes) -> risklens_pb2.Receipt:
     return json_format.Parse(body, risklens_pb2.Receipt())
 
 
+def _stored_body(value: Any) -> bytes | None:
+    """A row's body as bytes. Bodies are written as blobs; an edit made with SQL text functions
+    (``replace``, ``cast``) leaves text in SQLite's column, which is verified as its UTF-8 bytes."""
+    if value is None:
+        return None
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
 def _receipt_from_row(row: Sequence[Any], where: str) -> risklens_pb2.Receipt:
     """The whole record: the stored body parsed (canonical JSON; protobuf for /1), the header columns set."""
     receipt = risklens_pb2.Receipt()
-    body = row[12]
+    body = _stored_body(row[12])
     if body:
         try:
-            receipt = _parse_body(bytes(body))
+            receipt = _parse_body(body)
         except (json_format.ParseError, DecodeError, ValueError) as error:
             raise AuditUnavailable(f"audit record {row[1]} in {where} has an unreadable body: "
                                    f"{type(error).__name__}") from error
@@ -495,7 +503,7 @@ class AuditStore(abc.ABC):
             verifier = ChainVerifier(checkpoints=self._checkpoints(connection, 1, 2**62),
                                      trusted_public_key=trusted_public_key)
             for row in self._iter_rows(connection, 1, last):
-                body = None if row[12] is None else bytes(row[12])
+                body = _stored_body(row[12])
                 if not verifier.feed(*self._verifiable(row, body)):
                     break
         return verifier.finish(int(sequence), head_hash, "the store's head row")
