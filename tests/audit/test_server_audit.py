@@ -259,6 +259,11 @@ def test_hashed_and_dropped_values_stay_out_of_every_stored_text(tmp_path: Path,
     assert {w.feature: w.condition for w in stored.lime.weights if w.feature in ("claimant_age", "past_claims")} == {
         "claimant_age": WITHHELD, "past_claims": WITHHELD}
     assert receipt.input["claimant_age"].text.startswith("hmac-sha256:") and "past_claims" not in receipt.input
+    ice = {curve.feature: curve for curve in stored.ice.features}
+    returned_ice = {curve.feature: curve for curve in response.ice.features}
+    assert set(ice) & {"claimant_age", "past_claims"}, sorted(ice)
+    for name in set(ice) & {"claimant_age", "past_claims"}:  # where the value sits would read it back
+        assert returned_ice[name].position_percentile > 0 and ice[name].position_percentile == 0
 
     # A record made before texts were withheld (the response as returned, through the message path).
     from risklens.audit import AuditEntry, new_receipt_id

@@ -139,13 +139,17 @@ class RedactionPolicy:
         return stored
 
     def redact_holders(self, holders: Iterable[Any]) -> None:
-        """Apply the policy, in place, to messages that echo a feature's value (``feature``, ``value``)."""
+        """Apply the policy, in place, to messages that echo a feature's value (``feature``, ``value``;
+        an ICE curve's ``position_percentile``, where the value sits in the background data, is
+        cleared with it: it reads the value back to within a percentile)."""
         for holder in holders:
             action = self.action(holder.feature)
             if action == "hmac" and holder.HasField("value"):
                 holder.value.CopyFrom(self.keyed_hash(holder.value))
             elif action == "drop":
                 holder.ClearField("value")
+            if action != "raw" and "position_percentile" in holder.DESCRIPTOR.fields_by_name:
+                holder.ClearField("position_percentile")
 
     def redact_conditions(self, weights: Iterable[Any]) -> None:
         """LIME conditions of hashed or dropped features, in place: a categorical one names the
