@@ -74,6 +74,19 @@ def test_unreadable_input_files_are_one_line_errors(tmp_path: Path, demo_models_
     assert shown.returncode == 1 and "Traceback" in shown.stderr and "JSONDecodeError" in shown.stderr
 
 
+def test_a_malformed_csv_row_stays_out_of_the_traceback(tmp_path: Path, demo_models_dir: Path,
+                                                        claims_csv: Path) -> None:
+    """Arrow's CSV errors quote the row; with RISKLENS_TRACEBACK=1 the traceback shows pandas' error only."""
+    lines = claims_csv.read_text().splitlines()
+    broken = tmp_path / "extra-field.csv"
+    broken.write_text("\n".join([*lines[:3], lines[3] + ",98765.4321", *lines[4:]]) + "\n")
+    result = run_cli("audit", "run", "--model", "demo-xgb", "--models", str(demo_models_dir), "--data", str(broken),
+                     "--out", str(tmp_path / "run"), "--no-audit", env={"RISKLENS_TRACEBACK": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr[-2000:]
+    row_start = ",".join(lines[3].split(",")[:3])  # Arrow quotes the row from its start
+    assert row_start not in result.stderr and "98765.4321" not in result.stderr, result.stderr[-3000:]
+
+
 def test_audit_run_refuses_bad_options_before_claiming_the_output(tmp_path: Path, demo_models_dir: Path,
                                                                  claims_csv: Path) -> None:
     common = ["audit", "run", "--model", "demo-xgb", "--models", str(demo_models_dir), "--data", str(claims_csv)]

@@ -137,7 +137,8 @@ def _read_csv_as_text(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     except (ValueError, pa.ArrowException) as error:
         # The error's type only: Arrow's message quotes the offending row, i.e. claim values.
         log.debug("Arrow could not read %s (%s); reading it with pandas' parser", path.name, type(error).__name__)
-        return pd.read_csv(path, **options)
+    # Outside the handler: an error of pandas' parser must not carry Arrow's (and its row) as context.
+    return pd.read_csv(path, **options)
 
 
 def read_claims_table(path: Path, manifest: Manifest, *, id_column: str | None = None,
