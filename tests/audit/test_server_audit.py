@@ -226,7 +226,8 @@ def test_replay_of_a_record_that_left_the_default_lime_samples_unstated(tmp_path
 
 
 def test_hashed_and_dropped_values_stay_out_of_every_stored_text(tmp_path: Path, demo_models_dir: Path,
-                                                                  grpc_server_factory: Callable[..., Any]) -> None:
+                                                                  grpc_server_factory: Callable[..., Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A policy that hashes or drops a field keeps its value out of the stored reason texts, rationale
     and LIME conditions too (the caller still gets them), and such a record replays as identical."""
     import shutil
@@ -281,6 +282,17 @@ def test_hashed_and_dropped_values_stay_out_of_every_stored_text(tmp_path: Path,
         result = runner.invoke(app, ["audit", "replay", receipt_id, "--models", str(models), "--input",
                                      str(claim_file), "--data-dir", str(tmp_path / "data")])
         assert result.exit_code == 0 and "IDENTICAL" in result.output, result.output
+    # The input hash is keyed (a plain one would let a reader try ages until it matched): checking a
+    # supplied claim against it needs the key, and a wrong claim does not match.
+    assert receipt.input_sha256.startswith("hmac-sha256:")
+    claim_file.write_text(json.dumps({**claim, "claimant_age": 43.0}))
+    wrong = runner.invoke(app, ["audit", "replay", response.receipt_id, "--models", str(models), "--input",
+                                str(claim_file), "--data-dir", str(tmp_path / "data")])
+    assert wrong.exit_code == 2 and "does not hash to the recorded input_sha256" in wrong.output, wrong.output
+    monkeypatch.delenv("RISKLENS_AUDIT_HMAC_KEY")
+    keyless = runner.invoke(app, ["audit", "replay", response.receipt_id, "--models", str(models), "--input",
+                                  str(claim_file), "--data-dir", str(tmp_path / "data")])
+    assert keyless.exit_code == 2 and "keyed input hash" in keyless.output, keyless.output
 
 
 def test_replay_of_a_claim_explained_in_a_table_is_identical(tmp_path: Path, claims: list[dict[str, Any]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import sqlite3
 import uuid
@@ -15,7 +16,7 @@ from google.protobuf import json_format
 
 from risklens.audit import (AuditEntry, AuditStore, RedactionPolicy, SqliteAuditStore, input_sha256, load_or_create_signing_key,
                             new_receipt_id, new_receipt_ids, open_store, public_key_hex)
-from risklens.audit._canonical import body_text, record_hash, to_value_map
+from risklens.audit._canonical import body_text, canonical_input, record_hash, to_value_map
 from risklens.errors import DuplicateReceipt, InvalidRequest, ManifestError, ReceiptNotFound
 from risklens.v1 import risklens_pb2
 
@@ -104,8 +105,11 @@ def test_redaction_policy_applies_to_input_and_explanation(store: AuditStore, ma
     hashed = receipt.input["claimant_age"].text
     assert hashed.startswith("hmac-sha256:") and str(raw["claimant_age"]) not in hashed
     assert receipt.input["fault"].text == raw["fault"]
-    # The hash is of the raw input, so a holder of the original claim can prove which claim it was.
-    assert receipt.input_sha256 == input_sha256(to_value_map(raw))
+    # The hash is of the raw input, so a holder of the original claim (and the key) can prove which
+    # claim it was; keyed, so that a reader of the record cannot try an age or amount until it matches.
+    canonical = canonical_input(to_value_map(raw))
+    assert receipt.input_sha256 == "hmac-sha256:" + hmac.new(b"test-key", canonical, hashlib.sha256).hexdigest()
+    assert input_sha256(to_value_map(raw)) == hashlib.sha256(canonical).hexdigest() != receipt.input_sha256
     by_feature = {c.feature: c for c in receipt.explanation.contributions}
     assert not by_feature["claim_amount"].HasField("value")
     assert by_feature["claimant_age"].value.text == hashed
@@ -131,10 +135,15 @@ def test_bad_policies_are_refused(section: dict[str, Any], message: str) -> None
         RedactionPolicy.from_manifest(section)
 
 
-def test_hmac_policy_without_a_key_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("section", [{"fields": {"claimant_age": "hmac"}}, {"fields": {"claimant_age": "drop"}},
+                                     {"default": "drop"}])
+def test_a_withholding_policy_without_a_key_is_refused_at_load(monkeypatch: pytest.MonkeyPatch,
+                                                               section: dict[str, Any]) -> None:
+    """Dropping needs the key too: it keys the whole input's hash, which would give a dropped value away."""
     monkeypatch.delenv("RISKLENS_AUDIT_HMAC_KEY", raising=False)
-    with pytest.raises(ManifestError, match="RISKLENS_AUDIT_HMAC_KEY"):
-        RedactionPolicy.from_manifest({"fields": {"claimant_age": "hmac"}})
+    with pytest.raises(ManifestError, match="hashes or drops fields but RISKLENS_AUDIT_HMAC_KEY is not set"):
+        RedactionPolicy.from_manifest(section)
+    assert RedactionPolicy.from_manifest({"fields": {"claimant_age": "raw"}}).is_raw  # no key needed
 
 
 def test_record_hash_follows_the_documented_canonical_form(store: AuditStore, make_entries: EntryFactory) -> None:

@@ -225,11 +225,17 @@ def to_value_map(raw_input: Mapping[str, Any]) -> dict[str, risklens_pb2.Value]:
     return {str(name): to_value(value) for name, value in raw_input.items()}
 
 
-def input_sha256(values: Mapping[str, risklens_pb2.Value]) -> str:
-    """Hash of the canonical input (before redaction): the sorted-key JSON of the Value map."""
+def canonical_input(values: Mapping[str, risklens_pb2.Value]) -> bytes:
+    """The canonical input (before redaction): the sorted-key JSON of the Value map, UTF-8."""
     items = sorted(values.items())
-    text = "{" + ",".join([encode_basestring(name) + ":" + _write_message(value) for name, value in items]) + "}"
-    return sha256_hex(text.encode("utf-8"))
+    return ("{" + ",".join([encode_basestring(name) + ":" + _write_message(value) for name, value in items])
+            + "}").encode("utf-8")
+
+
+def input_sha256(values: Mapping[str, risklens_pb2.Value]) -> str:
+    """Plain hash of the canonical input: a record's ``input_sha256`` under a policy that keeps every
+    field raw (otherwise it is keyed: ``RedactionPolicy.input_digest``)."""
+    return sha256_hex(canonical_input(values))
 
 
 _BODY_FIELDS = ("input", "dropped_fields", "explanation")

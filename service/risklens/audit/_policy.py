@@ -15,7 +15,7 @@ from risklens.errors import ManifestError
 from risklens.rationale import WITHHELD
 from risklens.v1 import risklens_pb2
 
-from ._canonical import canonical_message
+from ._canonical import canonical_message, sha256_hex
 
 Action = Literal["raw", "hmac", "drop"]
 ACTIONS: tuple[str, ...] = ("raw", "hmac", "drop")
@@ -67,22 +67,18 @@ class RedactionPolicy:
         key_bytes = key.encode("utf-8") if isinstance(key, str) else key
         policy = cls(fields=MappingProxyType(fields), default=default, retention_days=retention,
                      hmac_key=key_bytes or None)
-        if policy.hashes_fields and not policy.hmac_key:
-            raise ManifestError(f"the audit policy stores fields as HMAC but {HMAC_KEY_ENV} is not set",
-                                field="audit")
+        if not policy.is_raw and not policy.hmac_key:
+            raise ManifestError(f"the audit policy hashes or drops fields but {HMAC_KEY_ENV} is not set (it keys "
+                                f"the stored hashes, the whole input's included)", field="audit")
         return policy
 
     @property
     def key_fingerprint(self) -> str:
         """Names the HMAC key without revealing it ("" when no field is hashed): two runs whose
         fingerprints differ would store the same value as two different hashes."""
-        if not self.hashes_fields or not self.hmac_key:
+        if self.is_raw or not self.hmac_key:
             return ""
         return hashlib.sha256(b"risklens-audit-hmac-key:" + self.hmac_key).hexdigest()[:16]
-
-    @property
-    def hashes_fields(self) -> bool:
-        return self.default == "hmac" or "hmac" in self.fields.values()
 
     def action(self, feature: str) -> Action:
         return self.fields.get(feature, self.default)
@@ -99,9 +95,15 @@ class RedactionPolicy:
     def keyed_hash_text(self, canonical_value: bytes) -> str:
         """The stored text of a hashed field: HMAC-SHA256 over the value's canonical form."""
         if not self.hmac_key:
-            raise ManifestError(f"the audit policy stores fields as HMAC but {HMAC_KEY_ENV} is not set",
+            raise ManifestError(f"the audit policy hashes or drops fields but {HMAC_KEY_ENV} is not set",
                                 field="audit")
-        return HMAC_PREFIX + hmac.new(self.hmac_key, canonical_value, hashlib.sha256).hexdigest()
+        return keyed_digest(self.hmac_key, canonical_value)
+
+    def input_digest(self, canonical_input: bytes) -> str:
+        """A record's ``input_sha256``: the canonical input's SHA-256, keyed (HMAC, ``hmac-sha256:``)
+        when the policy hashes or drops a field. Left plain, it would let anyone who reads the record
+        try the few values a withheld field can take (an age, a category) until the hash matches."""
+        return sha256_hex(canonical_input) if self.is_raw else self.keyed_hash_text(canonical_input)
 
     def keyed_hash(self, value: risklens_pb2.Value) -> risklens_pb2.Value:
         return risklens_pb2.Value(text=self.keyed_hash_text(canonical_message(value)))
@@ -163,6 +165,11 @@ class RedactionPolicy:
 
 
 RAW_POLICY = RedactionPolicy()
+
+
+def keyed_digest(key: bytes, data: bytes) -> str:
+    """``hmac-sha256:`` and the hex HMAC-SHA256 of ``data`` under ``key``."""
+    return HMAC_PREFIX + hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,8 +12,8 @@ from risklens.errors import InvalidRequest
 from risklens.rationale import WITHHELD
 from risklens.v1 import risklens_pb2
 
-from ._canonical import input_sha256, message_dict, to_value_map
-from ._policy import HMAC_PREFIX, RedactionPolicy
+from ._canonical import canonical_input, message_dict, sha256_hex, to_value_map
+from ._policy import HMAC_KEY_ENV, HMAC_PREFIX, RedactionPolicy, keyed_digest
 
 
 _ALONE = "the claim alone"
@@ -64,7 +65,7 @@ def replay_input(receipt: risklens_pb2.Receipt, raw_input: Mapping[str, Any] | N
 
     if raw_input is not None:
         values = to_value_map(raw_input)
-        if input_sha256(values) != receipt.input_sha256:
+        if _input_digest(values, receipt) != receipt.input_sha256:
             raise InvalidRequest(f"the supplied input does not hash to the recorded input_sha256 of receipt "
                                  f"{receipt.receipt_id}: it is not the claim that was explained", field="input")
         return features_from_proto(values)
@@ -77,6 +78,19 @@ def replay_input(receipt: risklens_pb2.Receipt, raw_input: Mapping[str, Any] | N
         raise InvalidRequest(f"receipt {receipt.receipt_id} stores {', '.join(sorted(redacted))} redacted; supply "
                              f"the original input (it is checked against input_sha256)", field="input")
     return features_from_proto(receipt.input)
+
+
+def _input_digest(values: Mapping[str, risklens_pb2.Value], receipt: risklens_pb2.Receipt) -> str:
+    """The supplied input's hash as the receipt's was taken: plain, or keyed where its policy withheld fields."""
+    canonical = canonical_input(values)
+    if not receipt.input_sha256.startswith(HMAC_PREFIX):
+        return sha256_hex(canonical)
+    key = os.environ.get(HMAC_KEY_ENV)
+    if not key:
+        raise InvalidRequest(f"receipt {receipt.receipt_id} has a keyed input hash (its model's policy hashes or drops "
+                             f"fields): set {HMAC_KEY_ENV} to the key it was recorded with to check the supplied "
+                             f"input", field="input")
+    return keyed_digest(key.encode("utf-8"), canonical)
 
 
 def _recompute(service: Any, model: Any, claim: dict[str, Any], claim_id: str, options: Any,

@@ -30,7 +30,8 @@ from risklens.errors import (AuditStorageFull, AuditUnavailable, DuplicateReceip
 from risklens.v1 import risklens_pb2
 
 from ._body import model_json, write_bodies
-from ._canonical import OPEN_END, SCHEMA_VERSION, body_text, format_time, header_hash, input_sha256, sha256_hex, to_value_map
+from ._canonical import (OPEN_END, SCHEMA_VERSION, body_text, canonical_input, format_time, header_hash, sha256_hex,
+                         to_value_map)
 from ._policy import AuditEntry
 from ._signing import SIGNING_KEY_ENV, load_signing_key, sign_checkpoint
 from ._verify import ChainVerifier, VerifyReport
@@ -113,7 +114,7 @@ def _prepare(entries: Sequence[AuditEntry]) -> list[_Prepared]:
         if is_message:
             written += map(_message_body, group)
         else:
-            written += [(body, sha256_hex(source)) for body, source in
+            written += [(body, policy.input_digest(source)) for body, source in
                         write_bodies([e.explanation for e in group], [e.input for e in group], policy)]
     prepared = []
     for entry, (body, input_hash) in zip(entries, written):
@@ -128,7 +129,7 @@ def _message_body(entry: AuditEntry) -> tuple[bytes, str]:
     stored_input, dropped = entry.policy.redact_input(values)
     body_message = risklens_pb2.Receipt(input=stored_input, dropped_fields=dropped)
     body_message.explanation.CopyFrom(entry.policy.redact_explanation(entry.explanation))
-    return body_text(body_message).encode("utf-8"), input_sha256(values)
+    return body_text(body_message).encode("utf-8"), entry.policy.input_digest(canonical_input(values))
 
 
 class _PendingCall:
