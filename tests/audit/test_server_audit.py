@@ -265,6 +265,9 @@ def test_hashed_and_dropped_values_stay_out_of_every_stored_text(tmp_path: Path,
     assert set(ice) & {"claimant_age", "past_claims"}, sorted(ice)
     for name in set(ice) & {"claimant_age", "past_claims"}:  # where the value sits would read it back
         assert returned_ice[name].position_percentile > 0 and ice[name].position_percentile == 0
+        # The claim's own curve passes through its score at its value: kept out; the PDP stays.
+        assert len(returned_ice[name].ice) > 1 and not ice[name].ice
+        assert list(ice[name].pdp) == list(returned_ice[name].pdp)
 
     # A record made before texts were withheld (the response as returned, through the message path).
     from risklens.audit import AuditEntry, new_receipt_id
@@ -289,6 +292,7 @@ def test_hashed_and_dropped_values_stay_out_of_every_stored_text(tmp_path: Path,
     wrong = runner.invoke(app, ["audit", "replay", response.receipt_id, "--models", str(models), "--input",
                                 str(claim_file), "--data-dir", str(tmp_path / "data")])
     assert wrong.exit_code == 2 and "does not hash to the recorded input_sha256" in wrong.output, wrong.output
+    assert "or RISKLENS_AUDIT_HMAC_KEY is not the key it was recorded with" in wrong.output
     monkeypatch.delenv("RISKLENS_AUDIT_HMAC_KEY")
     keyless = runner.invoke(app, ["audit", "replay", response.receipt_id, "--models", str(models), "--input",
                                   str(claim_file), "--data-dir", str(tmp_path / "data")])

@@ -187,6 +187,9 @@ def _edit_body_as_text(store: AuditStore, sequence: int) -> None:
 TAMPERING = {
     "edited explanation": (lambda store: _edit_body(store, 4), 4, "body"),
     "edited with SQL text functions": (lambda store: _edit_body_as_text(store, 7), 7, "body"),
+    "edited into text that is not UTF-8": (lambda store: raw_execute(
+        store, "UPDATE audit_records SET body = " + ("CAST(x'7bff22' AS TEXT)" if isinstance(store, SqliteAuditStore)
+                                                     else "'\\x7bff22'::bytea") + " WHERE sequence = 3"), 3, "body"),
     "garbage body": (lambda store: raw_execute(store, "UPDATE audit_records SET body = ? WHERE sequence = 2",
                                                (b"\x00not json",)), 2, "body"),
     "edited timestamp": (lambda store: raw_execute(
@@ -311,6 +314,12 @@ def test_purge_keeps_the_chain_verifiable(store: AuditStore, make_entries: Entry
     assert purged.purged and not purged.input and not purged.HasField("explanation")
     assert purged.body_sha256 and purged.record_hash
     assert store.get(aged[2].receipt_id).HasField("explanation")
+    # Nothing is left to replay against, with or without the original claim.
+    from risklens.audit._replay import replay_input
+
+    for raw in (None, aged[0].input):
+        with pytest.raises(InvalidRequest, match="was purged by retention: its explanation is no longer stored"):
+            replay_input(purged, raw)
     report = store.verify()
     assert report.ok and report.purged == 2 and report.bodies_checked == 5, report.summary()
     # An explicit purge by date.

@@ -56,6 +56,39 @@ def test_rationale_is_deterministic_and_states_score_decision_and_reasons():
     assert "no referral needed" in calm and "No single feature" in calm
 
 
+def test_withheld_texts_never_show_a_hidden_value_nor_state_a_false_one():
+    """Printed values become [redacted]; a template that tests or filters a hidden value is withheld
+    whole (rendered with a stand-in it would say "third party" or "0"); other texts stay as they are."""
+    manifest = _manifest()
+    catalogue = Catalogue.model_validate({"codes": [
+        {"code": "F1", "features": ["fault"], "lowers": "Fault lowered the risk",
+         "raises": "{% if fault == 'holder' %}The holder was at fault{% else %}A third party was at fault{% endif %}"},
+        {"code": "A1", "features": ["age"], "raises": "Aged {{ age|int }}", "lowers": "Aged {{ age }}"}]}
+    ).completed(manifest)
+    selector = ReasonCodeSelector(catalogue, manifest)
+    claim = {"capital-gains": 53300.0, "fault": "holder", "witness": False, "age": 77.0}
+    codes = selector.select(claim, np.array([0.9, 0.5, -0.2, 0.3]), top_k=4)
+    assert [c.text for c in codes] == ["capital-gains (53,300) raised the risk", "The holder was at fault", "Aged 77",
+                                       "witness (no) lowered the risk"]
+    withheld = selector.withheld(claim, codes, frozenset({"fault", "age", "witness"}))
+    assert [c.text for c in withheld] == ["capital-gains (53,300) raised the risk", "[redacted]", "[redacted]",
+                                          "witness ([redacted]) lowered the risk"]
+    assert [c[:1] + c[2:] for c in withheld] == [c[:1] + c[2:] for c in codes]  # only the texts change
+    assert selector.withheld(claim, codes, frozenset({"age"})) is not None
+    assert selector.withheld(claim, codes[:1], frozenset({"fault"})) is None  # no text reads it
+
+
+def test_a_code_name_defined_twice_is_refused(tmp_path):
+    import pytest
+
+    from risklens.errors import ManifestError
+
+    path = tmp_path / "reason_codes.yaml"
+    path.write_text("codes:\n- {code: RL_AGE, features: [fault], raises: up, lowers: down}\n")
+    with pytest.raises(ManifestError, match=r"\['RL_AGE'\].*defined twice"):
+        Catalogue.read(path, _manifest())
+
+
 def test_format_value():
     assert [format_value(v) for v in (None, True, 3.0, 1234.5, "x")] == ["missing", "yes", "3", "1,234.50", "x"]
 

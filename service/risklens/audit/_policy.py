@@ -44,8 +44,8 @@ class RedactionPolicy:
         """Build from a manifest's ``audit`` dict (None: store everything raw, keep forever).
 
         The HMAC key comes from ``hmac_key`` or the ``RISKLENS_AUDIT_HMAC_KEY`` environment
-        variable; a policy that hashes fields without a key is refused here, at model load,
-        rather than failing every request later.
+        variable; a policy that hashes or drops fields without a key is refused here, at model
+        load, rather than failing every request later.
         """
         section = dict(audit_section or {})
         unknown = set(section) - {"fields", "default", "retention_days"}
@@ -74,8 +74,8 @@ class RedactionPolicy:
 
     @property
     def key_fingerprint(self) -> str:
-        """Names the HMAC key without revealing it ("" when no field is hashed): two runs whose
-        fingerprints differ would store the same value as two different hashes."""
+        """Names the HMAC key without revealing it ("" when the policy keeps every field raw): two
+        runs whose fingerprints differ would store the same value (and input) as different hashes."""
         if self.is_raw or not self.hmac_key:
             return ""
         return hashlib.sha256(b"risklens-audit-hmac-key:" + self.hmac_key).hexdigest()[:16]
@@ -141,9 +141,10 @@ class RedactionPolicy:
         return stored
 
     def redact_holders(self, holders: Iterable[Any]) -> None:
-        """Apply the policy, in place, to messages that echo a feature's value (``feature``, ``value``;
-        an ICE curve's ``position_percentile``, where the value sits in the background data, is
-        cleared with it: it reads the value back to within a percentile)."""
+        """Apply the policy, in place, to messages that echo a feature's value (``feature``, ``value``).
+        An ICE curve's claim-specific parts go with it: ``position_percentile`` reads the value back
+        to within a percentile, and the curve itself passes through the claim's score at the claim's
+        value (a category's or a grid point's). Its grid, partial dependence and slope stay."""
         for holder in holders:
             action = self.action(holder.feature)
             if action == "hmac" and holder.HasField("value"):
@@ -152,6 +153,7 @@ class RedactionPolicy:
                 holder.ClearField("value")
             if action != "raw" and "position_percentile" in holder.DESCRIPTOR.fields_by_name:
                 holder.ClearField("position_percentile")
+                holder.ClearField("ice")
 
     def redact_conditions(self, weights: Iterable[Any]) -> None:
         """LIME conditions of hashed or dropped features, in place: a categorical one names the

@@ -63,15 +63,18 @@ def replay_input(receipt: risklens_pb2.Receipt, raw_input: Mapping[str, Any] | N
     """The claim to recompute with: the stored input, or the caller's copy when fields were redacted."""
     from risklens.wire import features_from_proto
 
+    if receipt.purged:
+        raise InvalidRequest(f"receipt {receipt.receipt_id} was purged by retention: its explanation is no longer "
+                             f"stored, so there is nothing to compare a recomputation with", field="receipt_id")
     if raw_input is not None:
         values = to_value_map(raw_input)
         if _input_digest(values, receipt) != receipt.input_sha256:
+            keyed = receipt.input_sha256.startswith(HMAC_PREFIX)
             raise InvalidRequest(f"the supplied input does not hash to the recorded input_sha256 of receipt "
-                                 f"{receipt.receipt_id}: it is not the claim that was explained", field="input")
+                                 f"{receipt.receipt_id}: it is not the claim that was explained"
+                                 + (f", or {HMAC_KEY_ENV} is not the key it was recorded with" if keyed else ""),
+                                 field="input")
         return features_from_proto(values)
-    if receipt.purged:
-        raise InvalidRequest(f"receipt {receipt.receipt_id} was purged by retention; supply the original input",
-                             field="input")
     redacted = list(receipt.dropped_fields) + [name for name, value in receipt.input.items()
                                                if value.text.startswith(HMAC_PREFIX)]
     if redacted:

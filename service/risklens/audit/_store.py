@@ -187,11 +187,8 @@ def _parse_body(body: bytes) -> risklens_pb2.Receipt:
 
 
 def _stored_body(value: Any) -> bytes | None:
-    """A row's body as bytes. Bodies are written as blobs; an edit made with SQL text functions
-    (``replace``, ``cast``) leaves text in SQLite's column, which is verified as its UTF-8 bytes."""
-    if value is None:
-        return None
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    """A row's body as bytes (SQLite gives bytes, PostgreSQL a memoryview)."""
+    return None if value is None else bytes(value)
 
 
 def _receipt_from_row(row: Sequence[Any], where: str) -> risklens_pb2.Receipt:
@@ -221,6 +218,7 @@ class AuditStore(abc.ABC):
     """Backend-neutral chain logic; subclasses supply connections, locking and error mapping."""
 
     _placeholder = "?"
+    _body_column = "body"
     # Read under the write transaction; PostgreSQL adds FOR UPDATE so appends serialize on it.
     _head_query = "SELECT sequence, head_hash FROM audit_head WHERE id = 1"
 
@@ -451,7 +449,7 @@ class AuditStore(abc.ABC):
 
     def get(self, receipt_id: str) -> risklens_pb2.Receipt:
         with self._read_transaction() as connection:
-            row = self._fetchone(connection, f"SELECT {_HEADER_COLUMNS}, body FROM audit_records "
+            row = self._fetchone(connection, f"SELECT {_HEADER_COLUMNS}, {self._body_column} FROM audit_records "
                                              f"WHERE receipt_id = ?", (receipt_id,))
         if row is None:
             raise ReceiptNotFound(f"no audit record with receipt id {receipt_id!r}", field="receipt_id")
@@ -466,7 +464,7 @@ class AuditStore(abc.ABC):
     def _iter_rows(self, connection: Any, first: int, last: int) -> Iterator[Sequence[Any]]:
         after = first - 1
         while after < last:
-            rows = self._fetchall(connection, f"SELECT {_HEADER_COLUMNS}, body FROM audit_records "
+            rows = self._fetchall(connection, f"SELECT {_HEADER_COLUMNS}, {self._body_column} FROM audit_records "
                                               f"WHERE sequence > ? AND sequence <= ? ORDER BY sequence LIMIT ?",
                                   (after, last, _READ_CHUNK))
             if not rows:
@@ -570,6 +568,10 @@ class AuditStore(abc.ABC):
 
 class SqliteAuditStore(AuditStore):
     """Embedded store: WAL journal, ``synchronous=FULL`` (the commit is fsynced before returning)."""
+
+    # Bodies are written as blobs; an edit made with SQL's text functions leaves text, which the
+    # driver would decode (and fail on, if it is not UTF-8): read as the bytes it is, and verified.
+    _body_column = "CAST(body AS BLOB)"
 
     def __init__(self, url: str, path: Path, *, max_page_count: int | None = None, page_size: int | None = None,
                  **kwargs: Any) -> None:

@@ -53,7 +53,13 @@ class Catalogue(BaseModel):
             unknown = [f for f in spec.features if f not in known]
             if unknown:
                 raise ManifestError(f"reason code {spec.code} in {path} names unknown features {unknown}")
-        return catalogue.completed(manifest)
+        completed = catalogue.completed(manifest)
+        names = [spec.code for spec in completed.codes]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # a receipt or notice that names a code must name one text
+            raise ManifestError(f"reason code(s) {repeated} in {path} are defined twice (generated codes are named "
+                                f"RL_<FEATURE> for features no code groups)")
+        return completed
 
     def completed(self, manifest: Manifest) -> "Catalogue":
         """Every feature not grouped by a code gets a generic one, so no contribution goes unexplained.
@@ -234,17 +240,26 @@ class ReasonCodeSelector:
                 for c, lowering in picked]
 
     def withheld(self, claim: dict[str, Any], codes: list[ReasonCode], hidden: frozenset[str]) -> list[ReasonCode] | None:
-        """``codes`` (selected for ``claim``) with every text that shows a value of a ``hidden``
-        feature rendered with WITHHELD in its place; None when no text shows one."""
-        reads = [self._reads[code.direction][self._code_index[code.code]] for code in codes]
+        """``codes`` (selected for ``claim``) with every text that reads a value of a ``hidden``
+        feature withheld; None when no text reads one.
+
+        A text that only prints values is rendered with WITHHELD in place of the hidden ones. A
+        template that does more with a value (a test, a filter) is withheld whole: rendered with a
+        stand-in it could state something false ("Other party at fault", "0 years").
+        """
+        positions = [self._code_index[code.code] for code in codes]
+        reads = [self._reads[code.direction][c] for code, c in zip(codes, positions)]
         if all(hidden.isdisjoint(names) for names in reads):
             return None
         withheld = []
-        for code, names in zip(codes, reads):
+        for code, c, names in zip(codes, positions, reads):
             if not hidden.isdisjoint(names):
-                shown = tuple([WITHHELD if name in hidden else value if type(value) is str else format_value(value)
-                               for name, value in zip(names, map(claim.__getitem__, names))])
-                code = code._replace(text=self._text(code.direction, self._code_index[code.code], shown))
+                if isinstance(self._templates[code.direction][c], PlainText):
+                    shown = tuple([WITHHELD if name in hidden else value if type(value) is str else format_value(value)
+                                   for name, value in zip(names, map(claim.__getitem__, names))])
+                    code = code._replace(text=self._text(code.direction, c, shown))
+                else:
+                    code = code._replace(text=WITHHELD)
             withheld.append(code)
         return withheld
 
