@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -186,11 +187,21 @@ def test_replay_says_what_differs(tmp_path: Path, claims: list[dict[str, Any]], 
     altered.receipt_id = new_receipt_id()
     altered.score = 0.5
     store.record([AuditEntry(altered.receipt_id, explanation.created_at, altered.model, explanation.claim, altered)])
+    rounded = risklens_pb2.ExplainResponse()
+    rounded.CopyFrom(explanation.response)
+    rounded.receipt_id = new_receipt_id()
+    rounded.score = math.nextafter(rounded.score, 1.0)  # what another summation order can give
+    store.record([AuditEntry(rounded.receipt_id, explanation.created_at, rounded.model, explanation.claim, rounded)])
     store.close()
     result = runner.invoke(app, ["audit", "replay", altered.receipt_id, "--models", str(demo_models_dir),
                                  "--url", f"sqlite:///{tmp_path / 'audit.db'}"])
     assert result.exit_code == 1
     assert "DIFFERS in 1 place" in result.output and "score: recorded 0.5" in result.output
+    assert "every difference is floating-point rounding" not in result.output
+    result = runner.invoke(app, ["audit", "replay", rounded.receipt_id, "--models", str(demo_models_dir),
+                                 "--url", f"sqlite:///{tmp_path / 'audit.db'}"])
+    assert result.exit_code == 1 and "(floating-point rounding)" in result.output
+    assert "likely cause: every difference is floating-point rounding" in result.output, result.output
     claim_file = tmp_path / "claim.json"
     claim_file.write_text(json.dumps(claims[40]))
     same = runner.invoke(app, ["audit", "replay", explanation.receipt_id, "--models", str(demo_models_dir),

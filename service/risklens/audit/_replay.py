@@ -42,6 +42,9 @@ class ReplayResult:
         return "\n".join(lines)
 
 
+_ROUNDING = " (floating-point rounding)"
+
+
 def _diff(recorded: Any, recomputed: Any, path: str, out: list[str]) -> None:
     if isinstance(recorded, dict) and isinstance(recomputed, dict):
         for key in sorted(set(recorded) | set(recomputed)):
@@ -54,7 +57,7 @@ def _diff(recorded: Any, recomputed: Any, path: str, out: list[str]) -> None:
     elif recorded != recomputed:
         if isinstance(recorded, float) and isinstance(recomputed, float) and math.isclose(recorded, recomputed,
                                                                                            rel_tol=1e-9):
-            out.append(f"{path}: recorded {recorded!r}, recomputed {recomputed!r} (floating-point rounding)")
+            out.append(f"{path}: recorded {recorded!r}, recomputed {recomputed!r}{_ROUNDING}")
         else:
             out.append(f"{path}: recorded {recorded!r}, recomputed {recomputed!r}")
 
@@ -174,4 +177,8 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
             f"{name} {then} -> {now}" for name, (then, now) in sorted(changed.items())))
     if recomputed.settings.device != settings.device:
         causes.append(f"recorded on {settings.device}, replayed on {recomputed.settings.device}")
+    if all(line.endswith(_ROUNDING) for line in differences):
+        causes.append("every difference is floating-point rounding: the claim was most likely explained in a "
+                      "batch whose layout (its size, threads and blocks) replay does not reproduce, and whose "
+                      "sums ran in another order")
     return ReplayResult(receipt.receipt_id, False, differences, causes, recomputed)
