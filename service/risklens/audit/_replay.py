@@ -17,7 +17,7 @@ from ._policy import HMAC_KEY_ENV, HMAC_PREFIX, RedactionPolicy, keyed_digest
 
 
 _ALONE = "the claim alone"
-_IN_A_TABLE = "the claim as a row of a table (the tree engine's table kernel, as batch runs compute it)"
+_IN_A_TABLE = "the claim as a row of a table (as batches and batch runs compute it)"
 
 
 @dataclass
@@ -129,11 +129,13 @@ def _recompute(service: Any, model: Any, claim: dict[str, Any], claim_id: str, o
 def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str, Any] | None = None) -> ReplayResult:
     """Recompute with the model whose artifact sha256 was recorded and the recorded settings.
 
-    The claim is recomputed alone first. A tree model's claim explained inside a table (a batch
-    run, or a batch of at least ``TABLE_KERNEL_MIN_ROWS`` claims) went through the engine's table
-    kernel, whose exact sums can differ from the single-claim kernel's in the last bits; when the
-    claim alone does not match, it is recomputed that way too, and a bit-for-bit match of either
-    counts as identical. Otherwise the differences of the claim alone are reported.
+    The claim is recomputed alone first. A claim explained inside a table (a batch run, or a batch
+    of at least ``TABLE_KERNEL_MIN_ROWS`` claims) took other sums than a claim alone: the tree
+    engine's table kernel, and the frameworks' matrix products for linear models, whose last bits
+    can differ from the one-row paths'. A row's table values do not depend on the rows around it, so
+    when the claim alone does not match it is recomputed as a row of a small table, and a
+    bit-for-bit match of either counts as identical. Otherwise the differences of the claim alone
+    are reported.
     """
     from risklens.core import ExplainOptions, ExplainService, library_versions
     from risklens.trees import TABLE_KERNEL_MIN_ROWS
@@ -155,7 +157,7 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
     # (the texts as returned) are compared as they are.
     withheld = frozenset(redacted) if WITHHELD in recorded.rationale or any(
         WITHHELD in code.text for code in recorded.reason_codes) else frozenset()
-    attempts = [(_ALONE, 1)] + ([(_IN_A_TABLE, TABLE_KERNEL_MIN_ROWS)] if model.kind == "tree" else [])
+    attempts = [(_ALONE, 1), (_IN_A_TABLE, TABLE_KERNEL_MIN_ROWS)]
     first: tuple[risklens_pb2.ExplainResponse, list[str]] | None = None
     for computed_as, rows in attempts:
         recomputed = _recompute(service, model, claim, recorded.claim_id, options, rows, withheld)
@@ -178,7 +180,7 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
     if recomputed.settings.device != settings.device:
         causes.append(f"recorded on {settings.device}, replayed on {recomputed.settings.device}")
     if all(line.endswith(_ROUNDING) for line in differences):
-        causes.append("every difference is floating-point rounding: the claim was most likely explained in a "
-                      "batch whose layout (its size, threads and blocks) replay does not reproduce, and whose "
-                      "sums ran in another order")
+        causes.append("every difference is floating-point rounding: the claim was most likely explained on "
+                      "another machine or build, whose sums ran in another order (BLAS kernels, vector "
+                      "instructions)")
     return ReplayResult(receipt.receipt_id, False, differences, causes, recomputed)

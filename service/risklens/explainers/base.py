@@ -53,6 +53,41 @@ class ClaimRows:
         return encode_columns(self.model.manifest, self.columns)
 
 
+class FeatureSums:
+    """``values @ weights`` per row, each row's feature sums taken on their own, in one fixed order.
+
+    Why not the matrix product: BLAS picks its kernel, and so the order of each sum, by the table's
+    shape; a claim's per-feature values then differed in the last bit between a batch and the same
+    claim alone, and a batch receipt did not replay as identical. Here the weighted columns are laid
+    out feature by feature and ``np.add.reduceat`` adds each row's run of columns for a feature in
+    the same order whatever the rows around it (tested against the claim alone and in tables).
+    """
+
+    def __init__(self, weights: np.ndarray) -> None:
+        """``weights``: (n_columns, n_features); a column adds ``weight * value`` to each feature it weighs on."""
+        self.n_features = weights.shape[1]
+        features, columns = np.nonzero(weights.T)  # feature-major: each feature's columns in order
+        self._columns = columns
+        self._scale = None if np.all(weights[columns, features] == 1.0) else weights[columns, features]
+        self._present = np.unique(features)  # features some column weighs on; the others sum to 0
+        self._starts = np.searchsorted(features, self._present)
+        self._all_present = len(self._present) == self.n_features
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """(n_rows, n_features) sums of the (n_rows, n_columns) ``values``."""
+        if not len(self._columns):
+            return np.zeros((values.shape[0], self.n_features))
+        laid_out = values[:, self._columns]
+        if self._scale is not None:
+            laid_out *= self._scale
+        summed = np.add.reduceat(laid_out, self._starts, axis=1)
+        if self._all_present:
+            return summed
+        sums = np.zeros((values.shape[0], self.n_features))
+        sums[:, self._present] = summed
+        return sums
+
+
 @dataclass
 class ExplainContext:
     """Per-call options and the results of methods that already ran (SHAP always runs first)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer, FeatureSums
 from risklens.registry import LoadedModel
 from risklens.registry.adapters import EBMAdapter
 from risklens.registry.manifest import FIDELITY_ARTIFACT, SURROGATE_ARTIFACT
@@ -77,11 +77,12 @@ class EbmExplainer(Explainer):
         self._term_features = [tuple(dict.fromkeys(column_feature[c] for c in term)) for term in self.ebm.term_features_]
         self._term_names = [str(t) for t in self.ebm.term_names_]
         # (n_terms, n_features): how each term's score is shared among schema features.
-        self._share = np.zeros((len(self._term_names), len(names)))
+        share = np.zeros((len(self._term_names), len(names)))
         index = {name: j for j, name in enumerate(names)}
         for t, term in enumerate(self.ebm.term_features_):
             for c in term:
-                self._share[t, index[column_feature[c]]] += 1.0 / len(term)
+                share[t, index[column_feature[c]]] += 1.0 / len(term)
+        self._feature_sums = FeatureSums(share)
 
     @classmethod
     def supports(cls, model: LoadedModel) -> bool:
@@ -98,7 +99,7 @@ class EbmExplainer(Explainer):
     def explain(self, claims: ClaimRows, context: ExplainContext) -> list[EbmResult]:
         scores = self.term_scores(claims)
         intercept = float(np.asarray(self.ebm.intercept_).reshape(-1)[0])
-        per_feature = scores @ self._share
+        per_feature = self._feature_sums(scores)
         results = []
         for row in range(len(claims)):
             terms = [EbmTerm(self._term_names[t], self._term_features[t], float(scores[row, t]))

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from risklens.errors import DeviceUnavailable, RiskLensError, UnsupportedModel
-from risklens.explainers.base import ClaimRows, ExplainContext, Explainer
+from risklens.explainers.base import ClaimRows, ExplainContext, Explainer, FeatureSums
 from risklens.registry import LoadedModel
 from risklens.trees import TreeShap
 
@@ -102,7 +102,7 @@ class ShapExplainer(Explainer):
 
     def __init__(self, model: LoadedModel) -> None:
         super().__init__(model)
-        self._groups = model.encoding.group_matrix(len(model.manifest.features))
+        self._feature_sums = FeatureSums(model.encoding.group_matrix(len(model.manifest.features)))
         self._tree: TreeShap | None = TreeShap(model.estimator) if model.kind == "tree" else None
 
     @classmethod
@@ -114,25 +114,28 @@ class ShapExplainer(Explainer):
         the model matrix."""
         framework_raw = self.model.raw_from_matrix(matrix)
         used = "cpu"
+        tolerance: float | np.ndarray = ADDITIVITY_TOLERANCE
         if self._tree is not None:
             try:
                 used = self._tree.resolve_device(device)
             except DeviceUnavailable as error:  # to the service's callers the device is a request option
                 raise DeviceUnavailable(error.message, field="options.device") from None
             column_values, base = self._tree.shap_values(matrix, device=used)
-            # The engine's evaluation of the trees is the SHAP values' sum (local accuracy), so one
-            # comparison with the framework's prediction checks the normalized trees and the kernel
-            # together, without walking the trees a second time.
-            raw, engine = base + column_values.sum(axis=1), "risklens-treeshap"
-            _check_close(raw, framework_raw,
-                         self.model.estimator_adapter.output_tolerance(self.model.estimator) * np.maximum(1, np.abs(raw)),
-                         f"tree evaluation (base + SHAP sum) of model {self.model.name!r} vs its framework's "
-                         "prediction")
+            engine = "risklens-treeshap"
+            tolerance = self.model.estimator_adapter.output_tolerance(self.model.estimator) * np.maximum(
+                1, np.abs(framework_raw))
         elif self.model.kind == "linear":
-            (column_values, base, engine), raw = _linear_shap(self.model, matrix), framework_raw
+            column_values, base, engine = _linear_shap(self.model, matrix)
         else:
-            (column_values, base, engine), raw = _additive_shap(self.model, matrix), framework_raw
-        values = column_values @ self._groups
+            column_values, base, engine = _additive_shap(self.model, matrix)
+        # The raw output returned is the attributions' sum (local accuracy), each row summed on its
+        # own; the framework's prediction checks it (for trees: the normalized trees and the kernel
+        # together, without walking the trees a second time). The framework's own output is a
+        # matrix product whose BLAS kernel, and so its last bits, change with the table's size.
+        raw = base + np.ascontiguousarray(column_values).sum(axis=1)
+        _check_close(raw, framework_raw, tolerance,
+                     f"attribution sum (base + SHAP values) of model {self.model.name!r} vs its framework's prediction")
+        values = self._feature_sums(column_values)
         _check_close(base + values.sum(axis=1), raw, ADDITIVITY_TOLERANCE,
                      f"SHAP local accuracy (base + sum vs raw output) of model {self.model.name!r}")
         return values, base, raw, engine, used

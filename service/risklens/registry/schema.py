@@ -221,7 +221,7 @@ class Encoding:
     feature_index: np.ndarray  # (n_columns,) index into the manifest's features
 
     def group_matrix(self, n_features: int) -> np.ndarray:
-        """(n_columns, n_features) 0/1 matrix that sums column attributions back to features."""
+        """(n_columns, n_features) 0/1 matrix: which feature each column's attribution belongs to."""
         groups = np.zeros((len(self.columns), n_features))
         groups[np.arange(len(self.columns)), self.feature_index] = 1.0
         return groups
