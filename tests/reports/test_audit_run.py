@@ -307,7 +307,7 @@ def test_rerunning_the_same_command_reproduces_the_randomised_methods(tmp_path):
     """Each claim's LIME seed follows from the run's seed and its row (a server call's comes from its
     receipt, new each time): the same command on the same table gives the same explanations."""
     from risklens.datasets import generate_claims
-    from risklens.reports._runner import claim_seeds
+    from risklens.reports._worker import claim_seeds
 
     frame, _ = generate_claims(300, 9)
     data = tmp_path / "claims.csv"
@@ -320,7 +320,7 @@ def test_rerunning_the_same_command_reproduces_the_randomised_methods(tmp_path):
                                           progress=False, report=False))
         runs.append(pd.read_parquet(result.claims_path))
     first, second = runs
-    assert first["seed"].tolist() == second["seed"].tolist() == claim_seeds(0, range(300))
+    assert first["seed"].tolist() == second["seed"].tolist() == claim_seeds(0, list(range(300)))
     assert first["receipt_id"].tolist() != second["receipt_id"].tolist()
     lime = [c for c in first if c.startswith("lime__")] + ["lime_stability"]
     assert first["lime_stability"].notna().sum() == 25

@@ -89,7 +89,7 @@ class AuditRunConfig:
     label_column: str | None = None
     id_column: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    seed: int = 0  # picks the sample and, with each claim's row, that claim's seed (see claim_seeds)
+    seed: int = 0  # picks the sample and, with each claim's row, that claim's seed (see _worker.claim_seeds)
     top_k: int = 0
     device: str = ""
     lime_samples: int = 0
@@ -179,16 +179,6 @@ def _extra_methods(config: AuditRunConfig, service: ExplainService, model: Loade
         wanted = [m for m in config.methods if m.strip()]
     # Validates names and support now, before any work: unknown or unsupported methods fail the run.
     return tuple(m for m in service.resolve_methods(model, wanted) if m != "shap")
-
-
-def claim_seeds(run_seed: int, rows: range) -> list[int]:
-    """Each claim's seed for the randomised methods (LIME): from the run's seed and the claim's row.
-
-    A server call's default seed comes from its receipt id, new every call; a batch run's cannot,
-    or rerunning the same command on the same table would not reproduce its explanations.
-    """
-    prefix = f"risklens-run-seed:{run_seed}:".encode()
-    return [int.from_bytes(hashlib.sha256(prefix + str(row).encode()).digest()[:4], "big") for row in rows]
 
 
 def _sample_mask(n: int, sample: int, seed: int, methods: tuple[str, ...]) -> np.ndarray:
@@ -556,7 +546,7 @@ def _run(config: AuditRunConfig, out: Path, models_dir: Path, model: LoadedModel
             labels=None if labels is None else labels[lo:hi].tolist(), sampled=sampled[lo:hi].tolist(),
             methods=methods, top_k=explain_settings["top_k"], device=explain_settings["device"],
             lime_samples=explain_settings["lime_samples"], agreement_threshold=explain_settings["agreement_threshold"],
-            seeds=claim_seeds(config.seed, range(lo, hi)),
+            run_seed=config.seed,
             out_dir=str(out.resolve()), audit_url=audit_url, model_sha256=model.manifest.sha256)
 
     def rows_in(index: int) -> int:
