@@ -129,13 +129,13 @@ def _recompute(service: Any, model: Any, claim: dict[str, Any], claim_id: str, o
 def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str, Any] | None = None) -> ReplayResult:
     """Recompute with the model whose artifact sha256 was recorded and the recorded settings.
 
-    The claim is recomputed alone first. A claim explained inside a table (a batch run, or a batch
-    of at least ``TABLE_KERNEL_MIN_ROWS`` claims) took other sums than a claim alone: the tree
-    engine's table kernel, and the frameworks' matrix products for linear models, whose last bits
-    can differ from the one-row paths'. A row's table values do not depend on the rows around it, so
-    when the claim alone does not match it is recomputed as a row of a small table, and a
-    bit-for-bit match of either counts as identical. Otherwise the differences of the claim alone
-    are reported.
+    The claim is recomputed alone first. A tree model's claim explained inside a table (a batch
+    run, or a batch of at least ``TABLE_KERNEL_MIN_ROWS`` claims) went through the engine's table
+    kernel, whose exact sums can differ from the single-claim kernel's in the last bits. A row's
+    values do not depend on the rows around it, so when the claim alone does not match it is
+    recomputed as a row of a small table (for every model kind: a framework whose predictions do
+    depend on the batch's size is caught here too), and a bit-for-bit match of either counts as
+    identical. Otherwise the differences of the claim alone are reported.
     """
     from risklens.core import ExplainOptions, ExplainService, library_versions
     from risklens.trees import TABLE_KERNEL_MIN_ROWS

@@ -146,6 +146,13 @@ class SklearnAdapter(ModelAdapter):
         name = type(estimator).__name__
         if name in _BAGGED_TREES:
             return estimator.predict_proba(matrix)[:, 1].astype("float64")
+        coef = np.asarray(getattr(estimator, "coef_", ()), dtype="float64")
+        if coef.size and coef.size == matrix.shape[1]:
+            # w.x + b row by row, as the estimator defines it. Its decision_function is a matrix
+            # product whose BLAS kernel, and so the last bits of a row's margin, changes with the
+            # number of rows: a claim's ICE and LIME scores differed between a batch and alone.
+            intercept = float(np.asarray(estimator.intercept_, dtype="float64").reshape(-1)[0])
+            return (np.ascontiguousarray(matrix, dtype="float64") * coef.reshape(-1)).sum(axis=1) + intercept
         if hasattr(estimator, "decision_function"):
             return np.asarray(estimator.decision_function(matrix), dtype="float64")
         return np.asarray(estimator.predict(matrix), dtype="float64")
