@@ -133,8 +133,8 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
     run, or a batch of at least ``TABLE_KERNEL_MIN_ROWS`` claims) went through the engine's table
     kernel, whose exact sums can differ from the single-claim kernel's in the last bits. A row's
     values do not depend on the rows around it, so when the claim alone does not match it is
-    recomputed as a row of a small table (for every model kind: a framework whose predictions do
-    depend on the batch's size is caught here too), and a bit-for-bit match of either counts as
+    recomputed as a row of a small table (for every model kind, in case a framework's predictions
+    depend on the batch's size), and a bit-for-bit match of either counts as
     identical. Otherwise the differences of the claim alone are reported.
     """
     from risklens.core import ExplainOptions, ExplainService, library_versions
