@@ -192,7 +192,25 @@ def test_replay_says_what_differs(tmp_path: Path, claims: list[dict[str, Any]], 
     rounded.receipt_id = new_receipt_id()
     rounded.score = math.nextafter(rounded.score, 1.0)  # what another summation order can give
     store.record([AuditEntry(rounded.receipt_id, explanation.created_at, rounded.model, explanation.claim, rounded)])
+    # A batch row edited: its recomputation as a row of a table differs in that field alone (the
+    # claim alone differs in every SHAP value's last bits too), and that is the one reported.
+    import pandas as pd
+
+    row = service.explain_frame("demo-xgb", pd.DataFrame(claims[40:45], dtype=object),
+                                claim_ids=[f"row-{i}" for i in range(5)])[4]
+    edited = risklens_pb2.ExplainResponse()
+    edited.CopyFrom(row.response)
+    edited.receipt_id = new_receipt_id()
+    edited.decision = "pass" if row.decision == "refer" else "refer"
+    store.record([AuditEntry(edited.receipt_id, row.created_at, edited.model, row.claim, edited)])
     store.close()
+    claim_file = tmp_path / "claim.json"
+    claim_file.write_text(json.dumps(claims[44]))
+    result = runner.invoke(app, ["audit", "replay", edited.receipt_id, "--models", str(demo_models_dir),
+                                 "--input", str(claim_file), "--url", f"sqlite:///{tmp_path / 'audit.db'}"])
+    assert result.exit_code == 1, result.output
+    assert "DIFFERS in 1 place(s) (recomputed as the claim as a row of a table" in result.output, result.output
+    assert "decision: recorded" in result.output
     result = runner.invoke(app, ["audit", "replay", altered.receipt_id, "--models", str(demo_models_dir),
                                  "--url", f"sqlite:///{tmp_path / 'audit.db'}"])
     assert result.exit_code == 1

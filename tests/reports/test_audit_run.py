@@ -62,6 +62,17 @@ def test_whole_fraud_oracle_table_is_explained_once_and_audited(fraud_run, fraud
     receipts = _audited_receipts(audit_url)
     assert len(receipts) == 15420
     assert set(receipts) == set(claims["receipt_id"])
+    # Sampled claims (SHAP, LIME, ICE, agreement) replay bit for bit in this process, whose BLAS
+    # runs on every core, though the worker processes' ran on one: LIME's sums are numpy's own.
+    from risklens.audit._replay import replay
+
+    store = open_store(audit_url)
+    try:
+        for receipt_id in claims.loc[claims["lime_result"].notna(), "receipt_id"].iloc[:4]:
+            result = replay(store.get(receipt_id), ModelRegistry.from_directory(fraud_models_dir))
+            assert result.identical, result.summary()
+    finally:
+        store.close()
     with sqlite3.connect(audit_url.removeprefix("sqlite:///")) as connection:  # the run created the trail
         assert connection.execute("PRAGMA page_size").fetchone()[0] == BATCH_PAGE_SIZE
     assert (out / "rejects.csv").read_text().strip() == "row,claim_id,code,field,reason"

@@ -31,10 +31,10 @@ class ReplayResult:
     computed_as: str = _ALONE  # how the compared recomputation was made
 
     def summary(self) -> str:
+        how = "" if self.computed_as == _ALONE else f" (recomputed as {self.computed_as})"
         if self.identical:
-            how = "" if self.computed_as == _ALONE else f" (recomputed as {self.computed_as})"
             return f"receipt {self.receipt_id}: replay IDENTICAL to the recorded explanation{how}"
-        lines = [f"receipt {self.receipt_id}: replay DIFFERS in {len(self.differences)} place(s):",
+        lines = [f"receipt {self.receipt_id}: replay DIFFERS in {len(self.differences)} place(s){how}:",
                  *[f"  {line}" for line in self.differences[:50]]]
         if len(self.differences) > 50:
             lines.append(f"  ... and {len(self.differences) - 50} more")
@@ -135,7 +135,7 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
     values do not depend on the rows around it, so when the claim alone does not match it is
     recomputed as a row of a small table (for every model kind, in case a framework's predictions
     depend on the batch's size), and a bit-for-bit match of either counts as
-    identical. Otherwise the differences of the claim alone are reported.
+    identical. Otherwise the differences of the recomputation closest to the record are reported.
     """
     from risklens.core import ExplainOptions, ExplainService, library_versions
     from risklens.trees import TABLE_KERNEL_MIN_ROWS
@@ -158,7 +158,7 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
     withheld = frozenset(redacted) if WITHHELD in recorded.rationale or any(
         WITHHELD in code.text for code in recorded.reason_codes) else frozenset()
     attempts = [(_ALONE, 1), (_IN_A_TABLE, TABLE_KERNEL_MIN_ROWS)]
-    first: tuple[risklens_pb2.ExplainResponse, list[str]] | None = None
+    closest: tuple[risklens_pb2.ExplainResponse, list[str], str] | None = None
     for computed_as, rows in attempts:
         recomputed = _recompute(service, model, claim, recorded.claim_id, options, rows, withheld)
         recomputed.receipt_id = recorded.receipt_id  # a replay gets a new id; the content is what is compared
@@ -168,8 +168,9 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
         _diff(expected, message_dict(blind.redact_explanation(recomputed)), "", differences)
         if not differences:
             return ReplayResult(receipt.receipt_id, True, [], [], recomputed, computed_as)
-        first = first or (recomputed, differences)
-    recomputed, differences = first  # type: ignore[misc]
+        if closest is None or len(differences) < len(closest[1]):  # the fewest differences say the most
+            closest = (recomputed, differences, computed_as)
+    recomputed, differences, computed_as = closest  # type: ignore[misc]
     causes = []
     now_versions = library_versions()
     changed = {name: (then, now_versions.get(name)) for name, then in settings.library_versions.items()
@@ -183,4 +184,4 @@ def replay(receipt: risklens_pb2.Receipt, registry: Any, raw_input: Mapping[str,
         causes.append("every difference is floating-point rounding: the claim was most likely explained on "
                       "another machine or build, whose sums ran in another order (BLAS kernels, vector "
                       "instructions)")
-    return ReplayResult(receipt.receipt_id, False, differences, causes, recomputed)
+    return ReplayResult(receipt.receipt_id, False, differences, causes, recomputed, computed_as)

@@ -151,19 +151,25 @@ class _Fit:
 
 def weighted_ridge(data: np.ndarray, labels: np.ndarray, weights: np.ndarray, alpha: float = 1.0) -> _Fit:
     """lime's local model, in closed form: ``Ridge(alpha=1)`` with intercept and sample weights, its
-    weighted R^2 on the neighbourhood, and its prediction for the instance (row 0)."""
+    weighted R^2 on the neighbourhood, and its prediction for the instance (row 0).
+
+    The sums are numpy's own (``einsum``), not BLAS's: a BLAS product splits its work by the number
+    of threads, and on 1 and 2 threads (a batch worker, a server) gave the same claim's LIME weights
+    different last bits, so a replay on another thread count did not reproduce them. ~0.4 ms a fit
+    more on 1,000 samples of 30 features, against ~19 ms for the claim's LIME.
+    """
     total = weights.sum()
-    x_mean = weights @ data / total
-    y_mean = float(weights @ labels / total)
+    x_mean = np.einsum("i,ij->j", weights, data) / total
+    y_mean = float(np.einsum("i,i->", weights, labels) / total)
     centred = data - x_mean
-    gram = centred.T @ (centred * weights[:, None]) + alpha * np.eye(data.shape[1])
-    coef = np.linalg.solve(gram, centred.T @ (weights * (labels - y_mean)))
-    intercept = y_mean - float(x_mean @ coef)
-    fitted = data @ coef + intercept
-    residual = float(weights @ (labels - fitted) ** 2)
-    spread = float(weights @ (labels - y_mean) ** 2)
+    gram = np.einsum("ij,ik->jk", centred, centred * weights[:, None]) + alpha * np.eye(data.shape[1])
+    coef = np.linalg.solve(gram, np.einsum("ij,i->j", centred, weights * (labels - y_mean)))
+    intercept = y_mean - float(np.einsum("j,j->", x_mean, coef))
+    fitted = np.einsum("ij,j->i", data, coef) + intercept
+    residual = float(np.einsum("i,i->", weights, (labels - fitted) ** 2))
+    spread = float(np.einsum("i,i->", weights, (labels - y_mean) ** 2))
     score = 1.0 - residual / spread if spread > 0 else 1.0
-    return _Fit(coef, intercept, score, float(data[0] @ coef + intercept))
+    return _Fit(coef, intercept, score, float(fitted[0]))
 
 
 class LimeExplainer(Explainer):
